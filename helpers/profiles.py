@@ -26,7 +26,7 @@ QUESTIONS: dict[str, dict[str, dict[str, Any]]] = {
         ),
         "small": dict(
             copy_vocab=11, copy_seq_len=10, copy_layers=2, copy_d_model=64, copy_d_ff=128,
-            copy_heads=4, copy_batch_size=80, copy_batches_per_epoch=20, copy_epochs=15,
+            copy_heads=4, copy_batch_size=80, copy_batches_per_epoch=20, copy_epochs=20,
             copy_warmup=100, copy_lr_factor=1.0, copy_eval_sequences=500,
         ),
         # The Annotated Transformer's own copy-task run: 2 layers of the base model.

@@ -37,7 +37,7 @@ def _plain(value: Any) -> float | int | str | bool:
     raise TypeError(f"record() takes a number, bool or string, not {type(value).__name__}")
 
 
-def record(name: str, value: Any) -> float | int | str | bool:
+def record(name: str, value: Any) -> None:
     """Publish one headline metric (shown in the notebook, collected into the run summary)."""
     if not _NAME.match(name):
         raise ValueError(f"metric name {name!r} must be an identifier (letters, digits, _)")
@@ -49,11 +49,10 @@ def record(name: str, value: Any) -> float | int | str | bool:
 
         if get_ipython() is not None:
             display({METRIC_MIME: {name: plain}, "text/plain": f"{name} = {shown}"}, raw=True)
-            return plain
+            return
     except ImportError:  # pragma: no cover - IPython ships with the notebook stack
         pass
     print(f"{name} = {shown}")
-    return plain
 
 
 def metrics_from_notebook(nb: Any) -> dict[str, Any]:

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     os.chdir(PROJECT_ROOT)  # papermill records the (relative) paths it is given
-    paths = [p.resolve() for p in args.notebooks] or discover(only=args.only)
+    paths = [p.resolve() for p in args.notebooks] or discover(NOTEBOOK_DIR, args.only)
     missing = [str(p) for p in paths if not p.exists()]
     if missing or not paths:
         parser.error(f"no such notebook: {', '.join(missing)}" if missing else
@@ -213,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = _parse_set(args.overrides)
     results = []
     for path in progress(paths, desc=f"notebooks @ {args.profile}"):
-        result = run_notebook(path, args.profile, args.seed, args.device, overrides)
+        result = run_notebook(path, args.profile, args.seed, args.device, overrides,
+                              root=NOTEBOOK_DIR, report_root=REPORT_DIR)
         results.append(result)
         note = f"  {result.error}" if result.error else ""
         print(f"{result.status:6} {result.seconds:7.1f}s  {result.notebook}{note}", flush=True)
-    summary = write_summary(results, args.profile)
+    summary = write_summary(results, args.profile, REPORT_DIR)
     failed = [r for r in results if r.status != "ok"]
     print(f"{len(results) - len(failed)}/{len(results)} notebooks ok; summary: "
           f"{_relative(summary.with_suffix('.md'))}")

@@ -1,0 +1,49 @@
+"""Plot helpers shared by the notebooks: the Persian font and labelled heat maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import font_manager
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VAZIRMATN = PROJECT_ROOT / ".tools" / "node_modules" / "vazirmatn" / "fonts" / "ttf" / \
+    "Vazirmatn-Regular.ttf"
+
+
+def use_persian_font(path: Path = VAZIRMATN) -> str:
+    """Register Vazirmatn and add it as matplotlib's fallback for Persian glyphs.
+
+    Latin text keeps DejaVu Sans; matplotlib (≥ 3.11) shapes right-to-left text itself.
+    Returns the family name. Fails with one message if the font is not installed.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"Persian font not found at {path}; run `make tools` "
+                                "(npm install of the vazirmatn package into .tools/)")
+    font_manager.fontManager.addfont(str(path))
+    family = font_manager.FontProperties(fname=str(path)).get_name()
+    families = [f for f in plt.rcParams["font.family"] if f not in ("sans-serif", family)]
+    plt.rcParams["font.family"] = ["DejaVu Sans", *families, family]
+    return family
+
+
+def heatmap(ax: plt.Axes, matrix, title: str, xlabel: str, ylabel: str,
+            xticklabels: Sequence[str] | None = None, yticklabels: Sequence[str] | None = None,
+            cmap: str = "viridis", colorbar_label: str | None = None, **kwargs):
+    """Draw a labelled 2-D heat map of ``matrix (rows, cols)`` on ``ax``; returns the image."""
+    data = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix)
+    if data.ndim != 2:
+        raise ValueError(f"heatmap expects a 2-D matrix, got shape {data.shape}")
+    image = ax.imshow(data, cmap=cmap, aspect="auto", **kwargs)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), xticklabels, rotation=90)
+    if yticklabels is not None:
+        ax.set_yticks(range(len(yticklabels)), yticklabels)
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if colorbar_label:
+        bar.set_label(colorbar_label)
+    return image

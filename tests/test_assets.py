@@ -1,0 +1,113 @@
+"""helpers.assets: DATA_DIR resolution, offline behaviour and clear errors."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import assets
+from helpers.assets import DATASETS, AssetError, data_dir, dataset_dir, is_online, model_path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Force offline mode without touching the network."""
+    monkeypatch.setattr(assets, "_online", None)
+    monkeypatch.setenv(assets.OFFLINE_ENV, "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    yield
+    monkeypatch.setattr(assets, "_online", None)
+
+
+def test_data_dir_default_absolute_and_relative(monkeypatch, tmp_path):
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    assert data_dir() == assets.PROJECT_ROOT / "data"
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert data_dir() == tmp_path
+    monkeypatch.setenv("DATA_DIR", "some/rel")
+    assert data_dir() == assets.PROJECT_ROOT / "some" / "rel"
+
+
+def test_offline_mode_sets_the_hub_variables(offline):
+    assert is_online() is False
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+
+
+def test_dataset_found_in_data_dir(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    (tmp_path / "imdb").mkdir()
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / "imdb" / name).write_text("text,label\nfine,1\n")
+    assert dataset_dir("imdb", "small") == tmp_path / "imdb"
+
+
+def test_missing_dataset_fails_with_one_clear_message(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    (tmp_path / "imdb").mkdir()
+    (tmp_path / "imdb" / "train.csv").write_text("text,label\n")
+    with pytest.raises(AssetError) as info:
+        dataset_dir("imdb", "small")
+    message = str(info.value)
+    for part in ("'imdb'", "'small'", "missing: test.csv", "DATA_DIR", "make data"):
+        assert part in message
+
+
+def test_full_profile_asks_for_more_files(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    folder = tmp_path / "wikitext2"
+    folder.mkdir()
+    for name in ("wiki.valid.raw", "wiki.test.raw"):
+        (folder / name).write_text(" = title = \n")
+    assert dataset_dir("wikitext2", "small") == folder
+    with pytest.raises(AssetError, match="wiki.train.raw"):
+        dataset_dir("wikitext2", "full")
+
+
+def test_unknown_names_and_profiles(offline):
+    with pytest.raises(AssetError, match="unknown dataset"):
+        dataset_dir("mnist")
+    with pytest.raises(ValueError, match="unknown profile"):
+        dataset_dir("imdb", "huge")
+
+
+def test_model_from_data_dir_wins(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    local = tmp_path / "models" / "openai-community__gpt2-medium"
+    local.mkdir(parents=True)
+    resolved = model_path("openai-community/gpt2-medium", "full")
+    assert resolved.source == "data_dir" and resolved.path == str(local)
+
+
+def test_missing_model_offline_names_what_to_do(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    with pytest.raises(AssetError, match=r"'google/vit-base-patch16-224'.*'full'.*make data"):
+        model_path("google/vit-base-patch16-224", "full")
+
+
+@pytest.mark.parametrize("name", sorted(assets.MODELS))
+def test_packaged_models_resolve_offline(offline, monkeypatch, tmp_path, name):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    resolved = model_path(name)
+    assert resolved.source == "package" and Path(resolved.path).exists()
+    if resolved.gguf_file:
+        assert (Path(resolved.path) / resolved.gguf_file).exists()
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not present")
+@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"coco_captions"}))
+def test_shared_data_matches_the_layout_contract(offline, monkeypatch, name):
+    monkeypatch.setenv("DATA_DIR", str(SHARED_DATA))
+    assert dataset_dir(name, "small") == SHARED_DATA / name
+
+
+def test_assets_of_profile_reads_config_keys(monkeypatch):
+    from helpers import profiles
+
+    tables = {p: {"train_dataset": "imdb", "encoder_model": "all-MiniLM-L6-v2", "epochs": 1}
+              for p in profiles.PROFILES}
+    monkeypatch.setitem(profiles.QUESTIONS, "fake_question", tables)
+    datasets, models = assets.assets_of_profile("small")
+    assert "imdb" in datasets and "all-MiniLM-L6-v2" in models

@@ -1,0 +1,75 @@
+"""Every notebook: the static contract, then an execution at profile smoke via the runner."""
+
+import ast
+import math
+import re
+
+import nbformat
+import pytest
+
+from helpers import run
+
+NOTEBOOKS = run.discover()
+IDS = [str(p.relative_to(run.NOTEBOOK_DIR)) for p in NOTEBOOKS]
+EXPECTED_PARAMETERS = {"profile": "small", "seed": 0, "device": "auto", "overrides": {}}
+FORBIDDEN = {
+    "pip install in a notebook": re.compile(r"^\s*[!%]\s*pip\b", re.M),
+    "%cd": re.compile(r"^\s*%cd\b", re.M),
+    "sys.path hack": re.compile(r"sys\.path\.(append|insert)"),
+    "absolute path": re.compile(r"['\"](/content|/work|/home|/root|/tmp|[A-Za-z]:\\\\)"),
+}
+
+# Per-notebook checks on the metrics recorded at smoke (never exact stochastic values).
+SMOKE_CHECKS = {
+    "sharif-1402-hw3/transformer_architecture.ipynb": lambda m: (
+        m["copy_train_loss_last_epoch"] < m["copy_train_loss_first_epoch"]
+        and 0.0 <= m["copy_exact_match_accuracy"] <= 1.0
+        and m["base_model_parameters"] == 44_157_451),
+}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+def _parameters(cell) -> dict:
+    values = {}
+    for statement in ast.parse(cell.source).body:
+        assert isinstance(statement, ast.AnnAssign), "parameters cell: annotated assignments only"
+        values[statement.target.id] = ast.literal_eval(statement.value)  # literals only
+    return values
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_contract(path):
+    nb = nbformat.read(path, as_version=4)
+    assert path.parent.parent == run.NOTEBOOK_DIR, "notebooks/<assignment-id>/<name>.ipynb"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "H1 first"
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    assert _parameters(nb.cells[tagged[0]]) == EXPECTED_PARAMETERS
+    setup = nb.cells[tagged[0] + 1]
+    assert setup.cell_type == "code" and "profiles.config(" in setup.source
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "committed outputs"
+            for what, pattern in FORBIDDEN.items():
+                assert not pattern.search(cell.source), f"{what} in: {cell.source[:80]}"
+    assert "report.record(" in nb.cells[-1].source, "last cell records headline metrics"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_at_smoke(path, tmp_path):
+    result = run.run_notebook(path, "smoke", report_root=tmp_path)
+    assert result.status == "ok", result.error
+    assert result.seconds < 60, f"smoke run took {result.seconds:.0f} s"
+    executed = nbformat.read(run.report_path(path, "smoke", report_root=tmp_path), as_version=4)
+    counts = [c.execution_count for c in executed.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), "executed in order"
+    assert result.metrics, "the notebook records headline metrics"
+    numbers = [v for v in result.metrics.values() if isinstance(v, int | float)]
+    assert all(math.isfinite(v) for v in numbers), result.metrics
+    check = SMOKE_CHECKS.get(str(path.relative_to(run.NOTEBOOK_DIR)))
+    if check is not None:
+        assert check(result.metrics), result.metrics

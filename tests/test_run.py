@@ -1,0 +1,98 @@
+"""helpers.run: papermill execution, atomic reports, summaries, parameter checks."""
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers import run
+
+PARAMS = 'profile: str = "small"\nseed: int = 0\ndevice: str = "auto"\noverrides: dict = {}'
+
+
+def _notebook(path, body, params=PARAMS):
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [new_markdown_cell("# Test")]
+    if params is not None:
+        nb.cells.append(new_code_cell(params, metadata={"tags": ["parameters"]}))
+    nb.cells.append(new_code_cell(body))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root, reports = tmp_path / "notebooks", tmp_path / "reports"
+    good = _notebook(root / "hw-a" / "good.ipynb", (
+        "import matplotlib.pyplot as plt\nfrom helpers import report\n"
+        "fig, ax = plt.subplots(); ax.plot([0, 1])\nreport.savefig(fig, 'line')\n"
+        "report.record('answer', 42)\nreport.record('seed_seen', seed)\n"
+        "report.record('profile_seen', profile)"))
+    bad = _notebook(root / "hw-b" / "bad.ipynb", "raise RuntimeError('boom in cell')")
+    return root, reports, good, bad
+
+
+def test_successful_notebook_writes_report_figures_and_metrics(tree):
+    root, reports, good, _ = tree
+    result = run.run_notebook(good, "smoke", seed=5, root=root, report_root=reports)
+    assert result.status == "ok", result.error
+    out = reports / "smoke" / "hw-a" / "good.ipynb"
+    assert result.metrics == {"answer": 42, "seed_seen": 5, "profile_seen": "smoke"}
+    assert (reports / "smoke" / "hw-a" / "good_figures" / "line.png").exists()
+    executed = nbformat.read(out, as_version=4)
+    counts = [c.execution_count for c in executed.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1))
+    assert not [p for p in reports.rglob("*") if ".partial" in p.name]
+
+
+def test_failing_notebook_leaves_nothing_half_written(tree):
+    root, reports, _, bad = tree
+    result = run.run_notebook(bad, "smoke", root=root, report_root=reports)
+    assert result.status == "failed" and "RuntimeError: boom in cell" in result.error
+    folder = reports / "smoke" / "hw-b"
+    assert not folder.exists() or not list(folder.iterdir())
+
+
+def test_unknown_parameters_and_missing_parameters_cell_are_refused(tree, tmp_path):
+    root, reports, good, _ = tree
+    with pytest.raises(ValueError, match=r"does not declare parameter\(s\) \['epochs'\]"):
+        run.check_parameters(good, {"profile": "smoke", "epochs": 3})
+    bare = _notebook(root / "hw-c" / "bare.ipynb", "x = 1", params=None)
+    result = run.run_notebook(bare, "smoke", root=root, report_root=reports)
+    assert result.status == "failed" and "no cell tagged 'parameters'" in result.error
+
+
+def test_unknown_profile_is_refused_before_running(tree):
+    root, reports, good, _ = tree
+    with pytest.raises(ValueError, match="unknown profile"):
+        run.run_notebook(good, "medium", root=root, report_root=reports)
+
+
+def test_main_keeps_going_writes_summary_and_fails(tree, monkeypatch, capsys):
+    root, reports, _, _ = tree
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", root)
+    monkeypatch.setattr(run, "REPORT_DIR", reports)
+    assert run.main(["--profile", "smoke"]) == 1
+    summary = json.loads((reports / "smoke" / "summary.json").read_text())
+    status = {r["notebook"].split("/")[-1]: r["status"] for r in summary["notebooks"]}
+    assert status == {"good.ipynb": "ok", "bad.ipynb": "failed"}
+    table = (reports / "smoke" / "summary.md").read_text()
+    assert "answer = 42" in table and "boom in cell" in table
+    assert run.main(["--profile", "smoke", "--only", "hw-a/*"]) == 0
+    merged = json.loads((reports / "smoke" / "summary.json").read_text())
+    assert len(merged["notebooks"]) == 2  # --only updates its rows, keeps the others
+    assert "1/1 notebooks ok" in capsys.readouterr().out
+
+
+def test_main_rejects_bad_arguments(tree, monkeypatch):
+    root, reports, _, _ = tree
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", root)
+    with pytest.raises(SystemExit):
+        run.main(["--profile", "tiny"])
+    with pytest.raises(SystemExit):
+        run.main(["--only", "nothing-matches-*"])
+    with pytest.raises(SystemExit):
+        run.main(["--set", "novalue"])
