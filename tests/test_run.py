@@ -13,7 +13,8 @@ PARAMS = 'profile: str = "small"\nseed: int = 0\ndevice: str = "auto"\noverrides
 
 def _notebook(path, body, params=PARAMS):
     nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     nb.cells = [new_markdown_cell("# Test")]
     if params is not None:
         nb.cells.append(new_code_cell(params, metadata={"tags": ["parameters"]}))

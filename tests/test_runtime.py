@@ -16,7 +16,7 @@ from helpers.runtime import (
 
 
 def _draw(generator):
-    return (random.random(), np.random.rand(), torch.rand(1).item(),
+    return (random.random(), np.random.rand(), torch.rand(1).item(),  # noqa: NPY002
             torch.randint(0, 1000, (1,), generator=generator).item())
 
 
