@@ -14,20 +14,18 @@ VAZIRMATN = PROJECT_ROOT / ".tools" / "node_modules" / "vazirmatn" / "fonts" / "
     "Vazirmatn-Regular.ttf"
 
 
-def use_persian_font(path: Path = VAZIRMATN) -> str:
-    """Register Vazirmatn and add it as matplotlib's fallback for Persian glyphs.
+def persian_font(path: Path = VAZIRMATN) -> font_manager.FontProperties:
+    """Vazirmatn, for Persian labels: ``ax.set_title(text, fontproperties=persian_font())``.
 
-    Latin text keeps DejaVu Sans; matplotlib (≥ 3.11) shapes right-to-left text itself.
-    Returns the family name. Fails with one message if the font is not installed.
+    matplotlib (≥ 3.11) shapes right-to-left text itself; the bundled DejaVu Sans also has
+    Arabic-script glyphs, so Persian renders either way, but Vazirmatn is the typeface made
+    for it. Fails with one message if the font is not installed.
     """
     if not path.exists():
         raise FileNotFoundError(f"Persian font not found at {path}; run `make tools` "
                                 "(npm install of the vazirmatn package into .tools/)")
     font_manager.fontManager.addfont(str(path))
-    family = font_manager.FontProperties(fname=str(path)).get_name()
-    families = [f for f in plt.rcParams["font.family"] if f not in ("sans-serif", family)]
-    plt.rcParams["font.family"] = ["DejaVu Sans", *families, family]
-    return family
+    return font_manager.FontProperties(fname=str(path))
 
 
 def heatmap(ax: plt.Axes, matrix, title: str, xlabel: str, ylabel: str,

@@ -1,0 +1,42 @@
+"""helpers.plotting: the Persian font and labelled heat maps."""
+
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
+
+from helpers.plotting import heatmap, persian_font  # noqa: E402
+
+
+def test_persian_font_covers_persian_letters_and_renders_without_warnings():
+    font = persian_font()
+    assert font.get_name() == "Vazirmatn"
+    glyphs = FT2Font(font.get_file())
+    assert all(glyphs.get_char_index(ord(ch)) for ch in "پچژگکیآأؤۀ۰۱۲۳۴۵۶۷۸۹")
+    fig, ax = plt.subplots()
+    ax.set_title("دقت مدل (accuracy)", fontproperties=font)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font(s)"
+        fig.canvas.draw()
+    plt.close(fig)
+
+
+def test_missing_font_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make tools"):
+        persian_font(tmp_path / "nope.ttf")
+
+
+def test_heatmap_labels_and_shape_check():
+    fig, ax = plt.subplots()
+    heatmap(ax, torch.eye(3), "identity", "key", "query", xticklabels=["a", "b", "c"],
+            colorbar_label="weight")
+    assert ax.get_title() == "identity" and ax.get_xlabel() == "key"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="2-D"):
+        heatmap(ax, torch.zeros(2, 2, 2), "t", "x", "y")
+    plt.close(fig)
