@@ -22,18 +22,18 @@ QUESTIONS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": dict(
             copy_vocab=11, copy_seq_len=10, copy_layers=1, copy_d_model=32, copy_d_ff=64,
             copy_heads=2, copy_batch_size=32, copy_batches_per_epoch=10, copy_epochs=3,
-            copy_warmup=20, copy_lr_factor=1.0, copy_eval_sequences=64,
+            copy_warmup=20, copy_lr_factor=0.5, copy_eval_sequences=64,
         ),
         "small": dict(
             copy_vocab=11, copy_seq_len=10, copy_layers=2, copy_d_model=64, copy_d_ff=128,
             copy_heads=4, copy_batch_size=80, copy_batches_per_epoch=20, copy_epochs=20,
-            copy_warmup=100, copy_lr_factor=1.0, copy_eval_sequences=500,
+            copy_warmup=100, copy_lr_factor=0.5, copy_eval_sequences=500,
         ),
         # The Annotated Transformer's own copy-task run: 2 layers of the base model.
         "full": dict(
             copy_vocab=11, copy_seq_len=10, copy_layers=2, copy_d_model=512, copy_d_ff=2048,
             copy_heads=8, copy_batch_size=80, copy_batches_per_epoch=20, copy_epochs=20,
-            copy_warmup=400, copy_lr_factor=1.0, copy_eval_sequences=1000,
+            copy_warmup=400, copy_lr_factor=0.5, copy_eval_sequences=1000,
         ),
     },
 }
