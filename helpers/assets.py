@@ -329,14 +329,19 @@ def model_path(name: str, profile: str = "small", download: bool = True) -> Reso
         f"Run {hint}, or run `make data PROFILE={profile}` while online.")
 
 
-def assets_of_profile(profile: str) -> tuple[list[str], list[str]]:
-    """Datasets and models the notebooks name at ``profile`` (config keys ending in
-    ``dataset``/``datasets`` or ``model``)."""
-    from helpers.profiles import QUESTIONS
+def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
+                      ) -> tuple[list[str], list[str]]:
+    """Datasets and models the notebooks name at ``profile``: config values under keys
+    ending in ``dataset``/``datasets`` or ``model``. ``tables`` maps question -> table
+    (default: every ``helpers/configs/*.toml``)."""
+    from helpers import profiles
 
+    check_profile(profile)
+    if tables is None:
+        tables = {q: profiles.table(q) for q in profiles.questions()}
     datasets, models = set(), set()
-    for profiles in QUESTIONS.values():
-        for key, value in profiles[check_profile(profile)].items():
+    for per_profile in tables.values():
+        for key, value in per_profile[profile].items():
             values = value if isinstance(value, list | tuple) else [value]
             if key.endswith(("dataset", "datasets")):
                 datasets.update(str(v) for v in values)

@@ -1,7 +1,9 @@
 """Run profiles: every size, step count and asset name a notebook uses, in one place.
 
 A notebook calls ``config(question, profile, **overrides)`` once and reads everything from
-the returned :class:`Config`. The three profiles run the same code; only values differ:
+the returned :class:`Config`. Each question's values live in ``helpers/configs/<question>.toml``
+(one table per profile, the same keys in each). The three profiles run the same code; only
+values differ:
 
 - ``smoke``: tiny models and data, seconds, offline (the test suite and CI);
 - ``small``: real small assets on the CPU, minutes (the default of ``make run-all``);
@@ -10,33 +12,32 @@ the returned :class:`Config`. The three profiles run the same code; only values 
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 PROFILES: tuple[str, ...] = ("smoke", "small", "full")
 
-# question -> profile -> values. Each question lists the same keys in every profile.
-QUESTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    # sharif-1402-hw3 P6: the Annotated Transformer step by step, plus the copy task.
-    "transformer_architecture": {
-        "smoke": dict(
-            copy_vocab=11, copy_seq_len=10, copy_layers=1, copy_d_model=32, copy_d_ff=64,
-            copy_heads=2, copy_batch_size=32, copy_batches_per_epoch=10, copy_epochs=3,
-            copy_warmup=20, copy_lr_factor=0.5, copy_eval_sequences=64,
-        ),
-        "small": dict(
-            copy_vocab=11, copy_seq_len=10, copy_layers=2, copy_d_model=64, copy_d_ff=128,
-            copy_heads=4, copy_batch_size=80, copy_batches_per_epoch=20, copy_epochs=20,
-            copy_warmup=100, copy_lr_factor=0.5, copy_eval_sequences=500,
-        ),
-        # The Annotated Transformer's own copy-task run: 2 layers of the base model.
-        "full": dict(
-            copy_vocab=11, copy_seq_len=10, copy_layers=2, copy_d_model=512, copy_d_ff=2048,
-            copy_heads=8, copy_batch_size=80, copy_batches_per_epoch=20, copy_epochs=20,
-            copy_warmup=400, copy_lr_factor=0.5, copy_eval_sequences=1000,
-        ),
-    },
-}
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def questions() -> list[str]:
+    """Every question with a table: one ``helpers/configs/<question>.toml`` each."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def table(question: str) -> dict[str, dict[str, Any]]:
+    """The ``{profile: {key: value}}`` table of ``question``, read from its TOML file."""
+    path = CONFIG_DIR / f"{question}.toml"
+    if not path.exists():
+        raise ValueError(f"unknown question {question!r}; known: {', '.join(questions())}")
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    missing = [p for p in PROFILES if p not in data]
+    if missing:
+        raise ValueError(f"{path.name} lacks the profile table(s) {missing}")
+    return {p: data[p] for p in PROFILES}
 
 
 class Config(dict):
@@ -75,9 +76,7 @@ def config(question: str, profile: str, **overrides: Any) -> Config:
     override whose type does not match the default's (an int is accepted for a float).
     """
     check_profile(profile)
-    if question not in QUESTIONS:
-        raise ValueError(f"unknown question {question!r}; known: {', '.join(sorted(QUESTIONS))}")
-    values = dict(QUESTIONS[question][profile])
+    values = dict(table(question)[profile])
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise ValueError(

@@ -129,6 +129,9 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
         return NotebookResult(_relative(path), "ok", time.perf_counter() - start,
                               _relative(out), metrics)
     except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the run
+        for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
+            stale.unlink(missing_ok=True)  # an older report would contradict the summary
+        shutil.rmtree(figures, ignore_errors=True)
         return NotebookResult(_relative(path), "failed", time.perf_counter() - start,
                               error=_error_text(exc))
     finally:

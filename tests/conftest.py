@@ -1,10 +1,31 @@
-"""Shared fixtures: deterministic seeds and small helpers for the tests."""
+"""Shared fixtures: deterministic seeds, and one smoke run per notebook per test session."""
 
 import pytest
 import torch
+
+from helpers import run
 
 
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``smoke_run("<assignment-id>/<name>.ipynb") -> NotebookResult``, executed once per
+    session at profile smoke through the runner; topic tests assert on its metrics."""
+    report_root = tmp_path_factory.mktemp("smoke-reports")
+    cache: dict[str, run.NotebookResult] = {}
+
+    def get(relative: str) -> run.NotebookResult:
+        if relative not in cache:
+            path = run.NOTEBOOK_DIR / relative
+            assert path.exists(), f"no notebook {path}"
+            result = run.run_notebook(path, "smoke", report_root=report_root)
+            result.report_path = run.report_path(path, "smoke", report_root=report_root)
+            cache[relative] = result
+        return cache[relative]
+
+    return get

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers.profiles import PROFILES, QUESTIONS, check_profile, config
+from helpers.profiles import PROFILES, check_profile, config, questions, table
 
 
 def test_unknown_profile_lists_the_valid_ones():
@@ -37,12 +37,21 @@ def test_overrides_do_not_leak_into_the_table():
     assert config("transformer_architecture", "small").copy_epochs != 1
 
 
-@pytest.mark.parametrize("question", sorted(QUESTIONS))
+@pytest.mark.parametrize("question", questions())
 def test_every_question_defines_the_same_keys_in_every_profile(question):
-    tables = QUESTIONS[question]
-    assert tuple(tables) == PROFILES
+    tables = table(question)
     keys = [set(tables[p]) for p in PROFILES]
     assert keys[0] == keys[1] == keys[2], f"{question}: profiles disagree on keys"
     for key in keys[0]:
         types = {type(tables[p][key]) for p in PROFILES}
         assert len(types) == 1, f"{question}.{key} changes type across profiles: {types}"
+
+
+def test_a_table_without_every_profile_is_refused(tmp_path, monkeypatch):
+    from helpers import profiles
+
+    (tmp_path / "partial.toml").write_text("[smoke]\nepochs = 1\n")
+    monkeypatch.setattr(profiles, "CONFIG_DIR", tmp_path)
+    assert questions() == ["partial"]
+    with pytest.raises(ValueError, match=r"lacks the profile table\(s\) \['small', 'full'\]"):
+        config("partial", "smoke")

@@ -51,6 +51,9 @@ def test_successful_notebook_writes_report_figures_and_metrics(tree):
 
 def test_failing_notebook_leaves_nothing_half_written(tree):
     root, reports, _, bad = tree
+    stale = reports / "smoke" / "hw-b" / "bad.ipynb"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")  # a report from an earlier, successful run
     result = run.run_notebook(bad, "smoke", root=root, report_root=reports)
     assert result.status == "failed" and "RuntimeError: boom in cell" in result.error
     folder = reports / "smoke" / "hw-b"

@@ -97,3 +97,12 @@ def test_copy_task_learns_to_copy():
     assert history.rows[-1]["train_loss"] < 0.5 * history.rows[0]["train_loss"]
     test = next(copy_task_batches(11, 8, 100, 1, torch.Generator().manual_seed(1)))
     assert exact_match_accuracy(model, test) > 0.5
+
+
+def test_transformer_notebook_at_smoke(smoke_run):
+    result = smoke_run("sharif-1402-hw3/transformer_architecture.ipynb")
+    assert result.status == "ok", result.error
+    m = result.metrics
+    assert m["base_model_parameters"] == 44_157_451
+    assert m["copy_train_loss_last_epoch"] < m["copy_train_loss_first_epoch"]
+    assert 0.0 <= m["copy_exact_match_accuracy"] <= 1.0

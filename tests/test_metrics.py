@@ -1,0 +1,41 @@
+"""helpers.metrics against scikit-learn on random data."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from helpers.metrics import classification_metrics, regression_metrics
+
+
+@pytest.mark.parametrize("average", ["binary", "macro"])
+def test_classification_metrics_match_sklearn(average):
+    rng = np.random.default_rng(0)
+    n_classes = 2 if average == "binary" else 4
+    t, p = rng.integers(0, n_classes, 200), rng.integers(0, n_classes, 200)
+    ours = classification_metrics(t, torch.tensor(p), average=average)
+    assert ours["accuracy"] == pytest.approx(sk.accuracy_score(t, p))
+    assert ours["precision"] == pytest.approx(sk.precision_score(t, p, average=average))
+    assert ours["recall"] == pytest.approx(sk.recall_score(t, p, average=average))
+    assert ours["f1"] == pytest.approx(sk.f1_score(t, p, average=average))
+
+
+def test_classification_metrics_edge_cases():
+    assert classification_metrics([0, 0], [0, 0])["f1"] == 0.0  # no positives at all
+    with pytest.raises(ValueError, match="must be equal"):
+        classification_metrics([0, 1], [1])
+    with pytest.raises(ValueError, match="average"):
+        classification_metrics([0], [0], average="micro")
+
+
+def test_regression_metrics_match_sklearn():
+    rng = np.random.default_rng(1)
+    t = rng.normal(50, 10, 300)
+    p = t + rng.normal(0, 2, 300)
+    ours = regression_metrics(t, p)
+    assert ours["rmse"] == pytest.approx(np.sqrt(sk.mean_squared_error(t, p)))
+    assert ours["mae"] == pytest.approx(sk.mean_absolute_error(t, p))
+    assert ours["mape"] == pytest.approx(100 * sk.mean_absolute_percentage_error(t, p))
+    assert ours["r2"] == pytest.approx(sk.r2_score(t, p))
+    with pytest.raises(ValueError):
+        regression_metrics([], [])
