@@ -1,9 +1,17 @@
 """Shared fixtures: deterministic seeds, and one smoke run per notebook per test session."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from helpers import run
+
+# Like the Makefile and .ci/run: use ../shared/data when DATA_DIR is unset and it exists.
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
+    os.environ["DATA_DIR"] = str(_SHARED_DATA)
 
 
 @pytest.fixture(autouse=True)
