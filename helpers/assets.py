@@ -237,7 +237,11 @@ def dataset_dir(name: str, profile: str = "small", download: bool = True) -> Pat
 
 def _download_into(spec: DatasetSpec, target: Path, profile: str) -> None:
     """Run the spec's downloader into a temporary folder, then move the files into place."""
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AssetError(f"cannot write dataset {spec.name!r} into {target}: {exc}; "
+                         "point DATA_DIR at a writable folder") from exc
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{spec.name}-") as tmp:
         try:
             spec.download(Path(tmp), profile)  # type: ignore[misc]

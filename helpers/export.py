@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -99,18 +100,25 @@ def _static_rel(path: Path, profile_dir: Path) -> str:
     return os.path.relpath(profile_dir / "_static", path.parent)
 
 
-def export_html(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
-    """Render every report of ``profile`` to HTML beside it, then the index page."""
+def _export_each(profile: str, report_root: Path,
+                 render: Callable[[Path, str], Path]) -> list[Path]:
+    """Call ``render(report, static_rel)`` for every report of ``profile``, then the index."""
     profile_dir = report_root / profile
     notebooks = reports_of(profile, report_root)
     install_static(profile_dir)
-    written = []
-    for nb_path in notebooks:
-        out = nb_path.with_suffix(".html")
-        _atomic_write(out, notebook_html(nb_path, _static_rel(nb_path, profile_dir)))
-        written.append(out)
+    written = [render(nb_path, _static_rel(nb_path, profile_dir)) for nb_path in notebooks]
     written.append(write_index(profile, report_root))
     return written
+
+
+def export_html(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
+    """Render every report of ``profile`` to HTML beside it, then the index page."""
+    def render(nb_path: Path, static_rel: str) -> Path:
+        out = nb_path.with_suffix(".html")
+        _atomic_write(out, notebook_html(nb_path, static_rel))
+        return out
+
+    return _export_each(profile, report_root, render)
 
 
 def write_index(profile: str, report_root: Path = REPORT_DIR) -> Path:
@@ -175,21 +183,16 @@ def print_pdf(html_path: Path, pdf_path: Path, timeout: int = 120) -> None:
 
 def export_pdf(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
     """Print every report of ``profile`` to PDF beside it (via the webpdf HTML template)."""
-    profile_dir = report_root / profile
-    notebooks = reports_of(profile, report_root)
-    install_static(profile_dir)
-    written = []
-    for nb_path in notebooks:
+    def render(nb_path: Path, static_rel: str) -> Path:
         printable = nb_path.with_name(f".{nb_path.stem}.print.html")
         try:
-            _atomic_write(printable, notebook_html(nb_path, _static_rel(nb_path, profile_dir),
-                                                   template="webpdf"))
+            _atomic_write(printable, notebook_html(nb_path, static_rel, template="webpdf"))
             print_pdf(printable, nb_path.with_suffix(".pdf"))
         finally:
             printable.unlink(missing_ok=True)
-        written.append(nb_path.with_suffix(".pdf"))
-    written.append(write_index(profile, report_root))
-    return written
+        return nb_path.with_suffix(".pdf")
+
+    return _export_each(profile, report_root, render)
 
 
 def main(argv: list[str] | None = None) -> int:
