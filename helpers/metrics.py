@@ -51,3 +51,10 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
             "mape": float(100 * np.mean(np.abs(err[nonzero] / t[nonzero]))) if nonzero.any()
             else float("nan"),
             "r2": float(1 - np.sum(err ** 2) / total) if total > 0 else float("nan")}
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams over ``texts``."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts)
+             for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

@@ -1,0 +1,188 @@
+"""A GPT-2 written from scratch, readable in one sitting (the structure of OpenAI's GPT-2).
+
+Shapes: ``input_ids (B, T)``, hidden states ``(B, T, n_embd)``, logits ``(B, T, vocab)``.
+Attention is the project's hand-written ``helpers.attention.scaled_dot_product_attention``
+(no ``nn.MultiheadAttention``, no fused kernels), under a registered causal mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from helpers.attention import scaled_dot_product_attention
+from helpers.generation import filter_logits
+
+
+@dataclass
+class GPTConfig:
+    """Sizes of the model; the defaults are the handout's small GPT-2."""
+
+    vocab_size: int
+    block_size: int = 128      # context length
+    n_layer: int = 3
+    n_head: int = 3
+    n_embd: int = 192
+    dropout: float = 0.1
+    tie_weights: bool = True   # lm_head shares the token-embedding matrix (as GPT-2 does)
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked multi-head self-attention with GPT-2's fused ``c_attn`` and ``c_proj``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd={config.n_embd} not divisible by n_head={config.n_head}")
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        causal = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
+        self.register_buffer("bias", causal.view(1, 1, config.block_size, config.block_size),
+                             persistent=False)
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        batch, length, channels = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(batch, length, self.n_head, channels // self.n_head).transpose(1, 2)
+                   for t in (q, k, v))  # (B, nh, T, hs)
+        mask = self.bias[:, :, :length, :length]  # (1, 1, T, T)
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, None, None, :].bool()  # padded keys are invisible
+        y, _ = scaled_dot_product_attention(
+            q, k, v, mask, dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(batch, length, channels)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: ``c_fc`` (4×), GELU, ``c_proj``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attention_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """Token + learned position embeddings, ``n_layer`` blocks, final norm, LM head."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, the tied matrix counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Logits ``(B, T, vocab)``; with ``labels (B, T)`` also the mean next-token loss,
+        labels shifted inside, -100 ignored (as Hugging Face does)."""
+        batch, length = input_ids.shape
+        if length > self.config.block_size:
+            raise ValueError(f"sequence length {length} > block_size {self.config.block_size}")
+        positions = torch.arange(length, device=input_ids.device)
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, C)
+        for block in self.h:
+            x = block(x, attention_mask)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                   ignore_index=-100)
+        return {"logits": logits, "loss": loss}
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_length: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 eos_token_id: int | None = None, pad_token_id: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample continuations of ``input_ids (B, T0)`` up to ``max_length`` tokens in all.
+
+        ``temperature`` 0 means greedy. Rows that emit ``eos_token_id`` are padded with
+        ``pad_token_id`` afterwards. Returns ``(B, ≤ max_length)``.
+        """
+        self.eval()
+        ids = input_ids
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        while ids.shape[1] < max_length and not finished.all():
+            context = ids[:, -self.config.block_size:]
+            logits = self(context)["logits"][:, -1]  # (B, vocab)
+            if temperature == 0:
+                next_id = logits.argmax(-1)
+            else:
+                probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+                next_id = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            next_id = torch.where(finished, torch.full_like(next_id, pad_token_id), next_id)
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if eos_token_id is not None:
+                finished |= next_id == eos_token_id
+        return ids
+
+
+def lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+    """Mean next-token loss of a padded batch and the number of predicted tokens
+    (``helpers.training.fit``'s loss signature)."""
+    out = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return out["loss"], int((batch["labels"][:, 1:] != -100).sum())
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, loader, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Token-weighted mean loss (nats) and perplexity over a DataLoader of padded batches."""
+    from helpers.training import to_device
+
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        loss, n = lm_loss(model, to_device(batch, device))
+        total, count = total + loss.item() * n, count + n
+    if count == 0:
+        raise ValueError("evaluate_lm got no tokens to score")
+    return {"val_loss": total / count, "val_perplexity": math.exp(total / count)}

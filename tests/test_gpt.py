@@ -1,0 +1,143 @@
+"""helpers.gpt against Hugging Face's GPT2LMHeadModel with copied weights; generation,
+tokenizer, datasets and the sentiment judge."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from helpers.generation import filter_logits
+from helpers.gpt import GPT2, GPTConfig, evaluate_lm, lm_loss
+from helpers.metrics import distinct_n
+from helpers.text import (
+    ConditionedTextDataset,
+    pad_collate,
+    read_labelled_csv,
+    train_bpe_tokenizer,
+    train_sentiment_judge,
+)
+
+CFG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=3, n_embd=24, dropout=0.0)
+
+
+def _hf_twin(ours: GPT2) -> GPT2LMHeadModel:
+    """An HF GPT-2 with our weights (HF's Conv1D stores weights transposed)."""
+    c = ours.config
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size,
+                                    n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+                                    resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+                                    activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                                    tie_word_embeddings=True, attn_implementation="eager"))
+    state = {}
+    for name, value in ours.state_dict().items():
+        key = name if name.startswith("lm_head") else f"transformer.{name}"
+        transposed = name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+        state[key] = value.t() if transposed else value
+    hf.load_state_dict(state, strict=False)
+    return hf.eval()
+
+
+def test_gpt2_matches_huggingface_logits_and_loss():
+    torch.manual_seed(0)
+    ours = GPT2(CFG).eval()
+    hf = _hf_twin(ours)
+    ids = torch.randint(0, 50, (3, 16))
+    mask = torch.ones(3, 16, dtype=torch.long)
+    mask[1, 10:] = 0  # right padding
+    labels = ids.masked_fill(mask == 0, -100)
+    out = ours(ids, mask, labels)
+    ref = hf(input_ids=ids, attention_mask=mask, labels=labels)
+    valid = mask.bool()
+    assert_close(out["logits"][valid], ref.logits[valid], atol=1e-5, rtol=1e-5)
+    assert_close(out["loss"], ref.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_structure_init_and_tied_head():
+    model = GPT2(CFG)
+    assert model.lm_head.weight is model.wte.weight
+    names = {n for n, _ in model.named_parameters()}
+    assert {"wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.0.mlp.c_fc.weight",
+            "ln_f.weight"} <= names
+    assert not model.lm_head.bias if hasattr(model.lm_head, "bias") else True
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert model.h[0].attn.c_proj.weight.std().item() == pytest.approx(0.01, rel=0.2)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_causality_future_tokens_do_not_change_the_past():
+    model = GPT2(CFG).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 50
+    assert_close(model(ids)["logits"][:, :8], model(changed)["logits"][:, :8])
+
+
+def test_generate_greedy_matches_argmax_and_stops_at_eos():
+    model = GPT2(CFG).eval()
+    start = torch.tensor([[1, 2], [3, 4]])
+    out = model.generate(start, max_length=8, temperature=0)
+    assert out.shape == (2, 8) and torch.equal(out[:, :2], start)
+    step = model(out[:, :5])["logits"][:, -1].argmax(-1)
+    assert torch.equal(out[:, 5], step)
+    eos = int(out[0, 2])
+    stopped = model.generate(start[:1], max_length=8, temperature=0, eos_token_id=eos)
+    assert stopped.shape[1] == 3
+    g = torch.Generator().manual_seed(0)
+    a = model.generate(start, 10, temperature=1.0, top_p=0.9, generator=g)
+    b = model.generate(start, 10, temperature=1.0, top_p=0.9,
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, None), (None, 0.8), (3, 0.5), (None, 0.999)])
+def test_filter_logits_matches_transformers_warpers(top_k, top_p):
+    logits = torch.randn(4, 40)
+    ours = filter_logits(logits, top_k, top_p)
+    ref = logits.clone()
+    if top_k:
+        ref = TopKLogitsWarper(top_k)(None, ref)
+    if top_p:
+        ref = TopPLogitsWarper(top_p)(None, ref)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    assert_close(ours[~torch.isinf(ours)], logits[~torch.isinf(ours)])
+
+
+def test_tokenizer_dataset_collate_and_loss_mask():
+    texts = ["غذا خیلی خوب بود", "خیلی بد و سرد بود", "عالی بود ممنون"] * 5
+    tok = train_bpe_tokenizer(texts, vocab_size=300,
+                              special_tokens=["<pad>", "<bos>", "<eos>", "<POS>", "<NEG>"])
+    assert tok.pad_token_id == 0 and tok.decode(tok("غذا خوب")["input_ids"]) == "غذا خوب"
+    data = ConditionedTextDataset(texts[:3], [1, 0, 1], tok, {1: "<POS>", 0: "<NEG>"}, 6)
+    assert data[0][0].item() == tok.convert_tokens_to_ids("<POS>")
+    assert data[1][0].item() == tok.convert_tokens_to_ids("<NEG>")
+    assert all(len(x) <= 6 and x[-1].item() == tok.convert_tokens_to_ids("<eos>") for x in data)
+    batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+    model = GPT2(GPTConfig(vocab_size=len(tok), block_size=8, n_layer=1, n_head=2, n_embd=8,
+                           dropout=0.0))
+    loss, n = lm_loss(model, batch)
+    assert n == 2 and torch.isfinite(loss)
+    metrics = evaluate_lm(model, [batch])
+    assert metrics["val_perplexity"] == pytest.approx(torch.exp(loss).item(), rel=1e-4)
+
+
+def test_read_labelled_csv_errors(tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("text,label\na,1\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        read_labelled_csv(bad, "comment")
+    bad.write_text("comment,label\na,2\n")
+    with pytest.raises(ValueError, match="0/1"):
+        read_labelled_csv(bad, "comment")
+
+
+def test_judge_and_distinct_n():
+    texts = ["خیلی خوب بود", "عالی و خوشمزه", "خوب و گرم", "بد بود", "خیلی بد و سرد", "افتضاح"] * 4
+    labels = [1, 1, 1, 0, 0, 0] * 4
+    judge = train_sentiment_judge(texts, labels)
+    assert (judge.predict(texts) == labels).all()
+    assert distinct_n(["a b a b", "a b"], 1) == pytest.approx(2 / 6)
+    assert distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)
+    assert distinct_n([""], 2) == 0.0
