@@ -123,21 +123,27 @@ def bptt(dhs: Tensor, caches: list[CellCache], p: LSTMParams,
     ``dhs (T, B, H)``: ∂E/∂h_t coming from each step's output (the loss's direct term);
     ``dc_last (B, H)``: ∂E/∂c_T from outside (zeros if None). Walks t = T … 1 carrying
     ∂E/∂h_{t-1} and ∂E/∂c_{t-1} backwards and summing the weight gradients of every step.
-    Returns ``W_x``, ``W_h``, ``b``, ``xs (T, B, D)``, ``h0``, ``c0``.
+    Returns ``W_x``, ``W_h``, ``b``, ``xs (T, B, D)``, ``h0``, ``c0`` and the total
+    ∂E/∂h_t and ∂E/∂c_t of every step, ``hs`` and ``cs (T, B, H)``.
     """
     dW_x, dW_h, db = torch.zeros_like(p.W_x), torch.zeros_like(p.W_h), torch.zeros_like(p.b)  # noqa: N806
     dh_carry = torch.zeros_like(dhs[0])
     dc_carry = torch.zeros_like(dhs[0]) if dc_last is None else dc_last
-    dxs = []
+    dxs, dh_total, dc_total = [], [], []
     for t in reversed(range(len(caches))):
-        grads = cell_backward(dhs[t] + dh_carry, dc_carry, caches[t], p)
+        dh = dhs[t] + dh_carry
+        grads = cell_backward(dh, dc_carry, caches[t], p)
+        dh_total.append(dh)
+        k = caches[t]
+        dc_total.append(dc_carry + dh * k.o * (1 - k.tanh_c ** 2))
         dW_x += grads["W_x"]  # noqa: N806
         dW_h += grads["W_h"]  # noqa: N806
         db += grads["b"]
         dh_carry, dc_carry = grads["h_prev"], grads["c_prev"]
         dxs.append(grads["x"])
     return {"W_x": dW_x, "W_h": dW_h, "b": db, "xs": torch.stack(dxs[::-1]),
-            "h0": dh_carry, "c0": dc_carry}
+            "h0": dh_carry, "c0": dc_carry, "hs": torch.stack(dh_total[::-1]),
+            "cs": torch.stack(dc_total[::-1])}
 
 
 class LSTMCellFunction(torch.autograd.Function):

@@ -154,9 +154,12 @@ def attention_as_convolution(image: Tensor, conv: torch.nn.Conv2d, alpha: float)
     """Theorem 1 + 2 run in code: a K²-head self-attention over the zero-padded pixels of
     ``image (C_in, H, W)`` with Gaussian relative scores (one head per shift Δ, W^(h) =
     W_v^(h) W_out^(h) = the conv kernel at Δ, b_out = the conv bias) -> ``(C_out, H, W)``.
-    Equals ``conv(image)`` (stride 1, padding K//2) as α → ∞."""
-    k = conv.kernel_size[0]
-    pad = k // 2
+    Equals ``conv(image)`` ('same' padding, dilation r: the head's shift is r·Δ) as α → ∞;
+    a stride s is the stride-1 output subsampled, ``[:, ::s, ::s]``."""
+    k, dil = conv.kernel_size[0], conv.dilation[0]
+    if conv.padding[0] != dil * (k // 2):
+        raise ValueError("the construction covers 'same' padding = dilation·(K//2)")
+    pad = dil * (k // 2)
     c_in, h, w = image.shape
     z = F.pad(image, (pad, pad, pad, pad))  # padded pixels are tokens with zero features
     hp, wp = h + 2 * pad, w + 2 * pad
@@ -164,16 +167,45 @@ def attention_as_convolution(image: Tensor, conv: torch.nn.Conv2d, alpha: float)
     weight = conv.weight.detach().to(torch.float64)  # (C_out, C_in, K, K)
     out = torch.zeros(hp * wp, weight.shape[0], dtype=torch.float64)
     for d1, d2 in kernel_shifts(k):
-        probs = gaussian_relative_scores(hp, wp, (d1, d2), alpha).softmax(-1)  # (N, N)
-        w_h = weight[:, :, d1 + pad, d2 + pad].T  # (C_in, C_out): W^(h)
+        probs = gaussian_relative_scores(hp, wp, (dil * d1, dil * d2), alpha).softmax(-1)
+        w_h = weight[:, :, d1 + k // 2, d2 + k // 2].T  # (C_in, C_out): W^(h)
         out += probs @ tokens @ w_h
     if conv.bias is not None:
         out += conv.bias.detach().to(torch.float64)
-    out = out.T.reshape(-1, hp, wp)
-    return out[:, pad:pad + h, pad:pad + w]
+    out = out.T.reshape(-1, hp, wp)[:, pad:pad + h, pad:pad + w]
+    return out[:, ::conv.stride[0], ::conv.stride[1]]
 
 
 def mhsa_parameter_count(d_in: int, d_hid: int, d_o: int, d_out: int, n_heads: int) -> int:
     """Trainable parameters of eq. (3): per head W_q, W_k (D_in × D_hid), W_v (D_in × D_o);
     W_out (N_h D_o × D_out) and b_out (D_out)."""
     return n_heads * (2 * d_in * d_hid + d_in * d_o) + n_heads * d_o * d_out + d_out
+
+
+# ----------------------------------------------------------------------------- T4: resolution
+
+
+def interpolate_position_embeddings(pos: Tensor, new_grid: tuple[int, int],
+                                    n_prefix: int = 1, mode: str = "bicubic") -> Tensor:
+    """2-D interpolation of ViT position embeddings (ViT paper §3.2): ``pos (1, P + g·g, D)``
+    with ``n_prefix`` P leading tokens ([CLS]) kept as they are -> ``(1, P + h'·w', D)``."""
+    prefix, grid = pos[:, :n_prefix], pos[:, n_prefix:]
+    side = math.isqrt(grid.shape[1])
+    if side * side != grid.shape[1]:
+        raise ValueError(f"{grid.shape[1]} patch positions do not form a square grid")
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False)
+    return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])], 1)
+
+
+def replicate_token_mixing(linear: torch.nn.Linear, copies: int) -> torch.nn.Linear:
+    """A token-mixing layer for ``copies`` times as many tokens: block-diagonal copies of
+    ``linear``'s weight (S_in → S_out becomes copies·S_in → copies·S_out), i.e. the original
+    layer applied to each group of S_in consecutive tokens."""
+    out = torch.nn.Linear(copies * linear.in_features, copies * linear.out_features,
+                          bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(torch.block_diag(*[linear.weight] * copies))
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.repeat(copies))
+    return out

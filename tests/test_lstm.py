@@ -61,6 +61,8 @@ def test_bptt_equals_autograd_over_a_sequence():
     hand = lstm.bptt(hs - target, caches, p)
     for name, a in zip(("xs", "h0", "c0", "W_x", "W_h", "b"), auto, strict=True):
         assert_close(hand[name], a, atol=1e-11, rtol=1e-9)
+    assert hand["hs"].shape == hand["cs"].shape == (T, B, 5)
+    assert_close(hand["hs"][-1], hs[-1] - target[-1])  # last step: only the direct term
 
 
 def test_a_wrong_backward_is_caught():

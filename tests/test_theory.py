@@ -101,3 +101,36 @@ def test_mhsa_parameter_count_matches_modules():
     out = nn.Linear(nh * d_o, d_out)
     built = sum(p.numel() for p in heads.parameters()) + sum(p.numel() for p in out.parameters())
     assert theory.mhsa_parameter_count(d_in, d_hid, d_o, d_out, nh) == built
+
+
+@pytest.mark.parametrize("dilation,stride", [(2, 1), (1, 2)])
+def test_attention_convolution_with_dilation_and_stride(dilation, stride):
+    conv = nn.Conv2d(2, 3, 3, padding=dilation, dilation=dilation, stride=stride).double()
+    image = torch.randn(2, 7, 6, dtype=torch.float64)
+    ref = conv(image[None])[0].detach()
+    ours = theory.attention_as_convolution(image, conv, 40.0)
+    assert ours.shape == ref.shape
+    assert_close(ours, ref, atol=1e-9, rtol=0)
+
+
+def test_position_embedding_interpolation_is_identity_at_same_size_and_matches_hf():
+    pos = torch.randn(1, 1 + 16, 8)
+    assert_close(theory.interpolate_position_embeddings(pos, (4, 4)), pos)
+    assert theory.interpolate_position_embeddings(pos, (6, 6)).shape == (1, 37, 8)
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=8,
+                                    num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=16)
+    emb = transformers.models.vit.modeling_vit.ViTEmbeddings(config)
+    ref = emb.interpolate_position_embeddings if hasattr(emb, "interpolate_position_embeddings") \
+        else emb.interpolate_pos_encoding
+    ours = theory.interpolate_position_embeddings(emb.position_embeddings.detach(), (6, 6))
+    assert_close(ours, ref(torch.zeros(1, 37, 8), 24, 24).detach())
+
+
+def test_replicated_token_mixing_acts_per_group():
+    lin = nn.Linear(4, 6)
+    big = theory.replicate_token_mixing(lin, 3)
+    x = torch.randn(2, 12)
+    expected = torch.cat([lin(x[:, 4 * i:4 * i + 4]) for i in range(3)], -1)
+    assert_close(big(x), expected)
