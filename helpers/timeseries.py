@@ -366,15 +366,18 @@ def diebold_mariano(y_true: Sequence[float], pred_a: Sequence[float],
     """Diebold-Mariano test of equal squared error for one-step forecasts ``(n,)``.
 
     Returns ``(statistic, two-sided p-value)``; the statistic is negative when ``pred_a``
-    has the smaller mean squared error. NaN targets are skipped.
+    has the smaller mean squared error. NaN targets are skipped; forecasts that differ only
+    by rounding give ``(0, 1)``.
     """
     from math import erfc, sqrt
 
     t = np.asarray(y_true, dtype=np.float64)
     known = ~np.isnan(t)
-    d = ((np.asarray(pred_a)[known] - t[known]) ** 2 - (np.asarray(pred_b)[known] - t[known]) ** 2)
+    sq_a = (np.asarray(pred_a, dtype=np.float64)[known] - t[known]) ** 2
+    sq_b = (np.asarray(pred_b, dtype=np.float64)[known] - t[known]) ** 2
+    d = sq_a - sq_b
     spread = d.std(ddof=1) if len(d) > 1 else 0.0
-    if spread == 0:
+    if spread <= 1e-9 * max(sq_a.mean(), sq_b.mean(), 1e-300):  # numerically the same forecast
         return 0.0, 1.0
     stat = float(d.mean() / (spread / sqrt(len(d))))
     return stat, float(erfc(abs(stat) / sqrt(2)))

@@ -48,8 +48,8 @@ def test_load_prices_missing_column(tmp_path):
     (lambda f: f.assign(Date=f["Date"].where(f.index != 5, "05/01/2010")), "row 7 has the date"),
     (lambda f: f.iloc[::-1], "strictly ascending"),
     (lambda f: pd.concat([f, f.iloc[[-1]]]), "strictly ascending"),
-    (lambda f: f.assign(**{"Adj Close": f["Adj Close"].astype(object).where(f.index != 3, "12,5x")}),
-     "not a number"),
+    (lambda f: f.assign(**{"Adj Close": f["Adj Close"].astype(object)
+                            .where(f.index != 3, "12,5x")}), "not a number"),
     (lambda f: f.iloc[:20], "at least 100"),
 ])
 def test_load_prices_malformed(tmp_path, edit, message):
@@ -271,3 +271,9 @@ def test_q1_notebook_at_smoke(smoke_run):
     for method in timeseries.IMPUTERS:
         assert 0 < m[f"impute_{method}_rmse"] < 10
     assert m["n_test_days"] > 50
+
+
+def test_diebold_mariano_of_rounding_differences_is_null():
+    y = np.random.default_rng(0).normal(size=100)
+    pred = y + 1.0
+    assert timeseries.diebold_mariano(y, pred, pred + 1e-12) == (0.0, 1.0)
