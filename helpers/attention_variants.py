@@ -126,11 +126,16 @@ class MaskableMultiHeadAttention(MultiHeadAttention):
 
 class HeadMaskedEncoderClassifier(nn.Module):
     """A small Transformer encoder classifier with maskable heads: token ids ``(B, L)`` ->
-    logits ``(B, n_classes)`` (mean over positions after the final norm)."""
+    logits ``(B, n_classes)``, read from the mean over positions (``pool="mean"``) or from
+    position 0 (``pool="first"``, a [CLS] token: then only attention brings the others in)."""
 
     def __init__(self, vocab: int, n_classes: int, d_model: int = 32, n_heads: int = 4,
-                 n_layers: int = 2, d_ff: int = 64, max_len: int = 64, dropout: float = 0.0):
+                 n_layers: int = 2, d_ff: int = 64, max_len: int = 64, dropout: float = 0.0,
+                 pool: str = "mean"):
         super().__init__()
+        if pool not in ("mean", "first"):
+            raise ValueError(f"pool must be 'mean' or 'first', got {pool!r}")
+        self.pool = pool
         self.embed = nn.Sequential(Embeddings(d_model, vocab),
                                    PositionalEncoding(d_model, dropout, max_len))
         self.layers = nn.ModuleList(
@@ -154,7 +159,8 @@ class HeadMaskedEncoderClassifier(nn.Module):
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, None)
-        return self.head(self.norm(x).mean(dim=1))
+        x = self.norm(x)  # (B, L, d_model)
+        return self.head(x.mean(dim=1) if self.pool == "mean" else x[:, 0])
 
 
 def head_importance(model: nn.Module, batches: Iterable[Any],
@@ -163,15 +169,16 @@ def head_importance(model: nn.Module, batches: Iterable[Any],
     """Michel et al. (2019): ``I_h = sum over batches |dL/d xi_h|`` at ``xi = 1``, for a model with
     ``set_head_mask(mask (n_layers, n_heads))``. With ``normalize`` each layer's scores are divided
     by their L2 norm (the paper's layer-wise normalisation). Returns ``(n_layers, n_heads)``."""
-    mask = torch.ones(shape, requires_grad=True)
+    dtype = next(model.parameters()).dtype
+    mask = torch.ones(shape, dtype=dtype, requires_grad=True)
     model.set_head_mask(mask)
     was_training = model.training
     model.eval()
-    total = torch.zeros(shape)
+    total = torch.zeros(shape, dtype=dtype)
     for batch in batches:
         (grad,) = torch.autograd.grad(loss_fn(model, batch), mask)
         total += grad.abs()
-    model.set_head_mask(torch.ones(shape))
+    model.set_head_mask(torch.ones(shape, dtype=dtype))
     model.train(was_training)
     if normalize:
         total = total / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -210,3 +217,29 @@ def pruning_curve(model: nn.Module, evaluate: Callable[[nn.Module], float],
         mask[layer, head] = 0
         values.append(evaluate_with_mask(model, mask, evaluate))
     return values
+
+
+def reinforce_head_selection(reward: Callable[[Tensor], float], shape: tuple[int, int],
+                             episodes: int, lr: float = 0.1, samples: int = 8,
+                             generator: torch.Generator | None = None,
+                             ) -> tuple[Tensor, list[float]]:
+    """Learn independent Bernoulli keep-probabilities ``sigmoid(theta) (n_layers, n_heads)`` by
+    REINFORCE: each episode samples ``samples`` masks, scores each with ``reward(mask)`` and
+    ascends ``(R - mean R) * d log p(mask) / d theta`` (the batch mean is the baseline).
+
+    Returns the final keep-probabilities and the mean reward of each episode.
+    """
+    theta = torch.zeros(shape, requires_grad=True)
+    optimizer = torch.optim.Adam([theta], lr=lr)
+    history = []
+    for _ in range(episodes):
+        probs = torch.sigmoid(theta)
+        masks = torch.bernoulli(probs.detach().expand(samples, *shape), generator=generator)
+        rewards = torch.tensor([reward(m) for m in masks])
+        log_p = (masks * torch.log(probs) + (1 - masks) * torch.log1p(-probs)).sum((1, 2))
+        loss = -((rewards - rewards.mean()) * log_p).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(rewards.mean().item())
+    return torch.sigmoid(theta).detach(), history

@@ -116,3 +116,15 @@ def test_ablation_and_pruning_curve_restore_the_mask():
     assert_close(model(x), full)  # every head back on
     with pytest.raises(ValueError, match="mask must be"):
         model.set_head_mask(torch.ones(2, 2))
+
+
+def test_reinforce_finds_the_rewarded_mask():
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+    def reward(mask):
+        return -(mask - target).abs().sum().item()
+
+    probs, history = av.reinforce_head_selection(reward, (2, 3), episodes=150, lr=0.2,
+                                                 generator=torch.Generator().manual_seed(0))
+    assert torch.equal((probs > 0.5).float(), target)
+    assert sum(history[-10:]) / 10 > sum(history[:10]) / 10
