@@ -210,21 +210,26 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 class RecurrentForecaster(nn.Module):
     """A stacked RNN, LSTM or GRU over ``(B, k, 1)`` windows; a linear head on the last
-    hidden state gives the next value ``(B,)``."""
+    hidden state gives the next value ``(B,)``.
+
+    ``residual=True`` predicts the *change*: the output is the window's last value plus the
+    head's output, so a zero head is exactly the persistence forecast.
+    """
 
     def __init__(self, cell: str = "lstm", hidden: int = 64, layers: int = 1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, residual: bool = False):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; valid: {', '.join(CELLS)}")
-        self.cell = cell
+        self.cell, self.residual = cell, residual
         self.rnn = CELLS[cell](input_size=1, hidden_size=hidden, num_layers=layers,
                                batch_first=True, dropout=dropout if layers > 1 else 0.0)
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.rnn(x)                     # (B, k, hidden)
-        return self.head(out[:, -1]).squeeze(-1)  # (B,)
+        step = self.head(out[:, -1]).squeeze(-1)  # (B,)
+        return x[:, -1, 0] + step if self.residual else step
 
 
 def mse_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
@@ -247,7 +252,7 @@ def predict(model: nn.Module, x: Tensor, device: torch.device | str = "cpu",
 def train_forecaster(cell: str, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], *,
                      hidden: int, layers: int, dropout: float, epochs: int, batch_size: int,
                      lr: float, patience: int, seed: int, device: torch.device | str = "cpu",
-                     num_threads: int | None = 1,
+                     residual: bool = False, num_threads: int | None = 1,
                      desc: str = "train") -> tuple[RecurrentForecaster, History]:
     """Train one :class:`RecurrentForecaster` with MSE and Adam through ``training.fit``.
 
@@ -256,7 +261,7 @@ def train_forecaster(cell: str, train: tuple[Tensor, Tensor], val: tuple[Tensor,
     Runs with ``num_threads`` CPU threads (see :func:`torch_threads`).
     """
     torch.manual_seed(seed)
-    model = RecurrentForecaster(cell, hidden, layers, dropout).to(device)
+    model = RecurrentForecaster(cell, hidden, layers, dropout, residual).to(device)
     loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     x_val, y_val = val[0].to(device), val[1].to(device)

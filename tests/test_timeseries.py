@@ -254,13 +254,15 @@ def test_q1_notebook_at_smoke(smoke_run):
     r = smoke_run(NOTEBOOK)
     assert r.status == "ok", r.error
     m = r.metrics
-    for model in ("persistence", "arima", "rnn", "lstm", "gru"):
+    for model in ("persistence", "arima", "rnn", "lstm", "gru", "gru_residual"):
         assert m[f"{model}_rmse"] > 0 and m[f"{model}_mae"] > 0
         assert m[f"{model}_mae"] <= m[f"{model}_rmse"] + 1e-9  # MAE <= RMSE always
         assert 0 < m[f"{model}_mape"] < 100
         assert m[f"{model}_r2"] <= 1
-    for cell in ("rnn", "lstm", "gru"):
+    for cell in ("rnn", "lstm", "gru", "gru_residual"):
         assert m[f"{cell}_rmse_std"] >= 0
+    # the residual model starts from persistence: it cannot be wildly worse than it
+    assert m["gru_residual_rmse"] < 2 * m["persistence_rmse"]
     # daily WTI moves are a few USD: the naive forecast errs by O(1) USD/bbl and explains
     # most of the variance of the price level
     assert 0.3 < m["persistence_rmse"] < 10 and m["persistence_r2"] > 0.5
@@ -277,3 +279,11 @@ def test_diebold_mariano_of_rounding_differences_is_null():
     y = np.random.default_rng(0).normal(size=100)
     pred = y + 1.0
     assert timeseries.diebold_mariano(y, pred, pred + 1e-12) == (0.0, 1.0)
+
+
+def test_residual_forecaster_with_zero_head_is_persistence():
+    model = timeseries.RecurrentForecaster("gru", hidden=4, residual=True)
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    x = torch.randn(6, 9, 1)
+    torch.testing.assert_close(model(x), x[:, -1, 0])
