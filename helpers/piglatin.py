@@ -1,0 +1,315 @@
+"""English -> Pig-Latin at the character level (CSC413 PA3, iust-1404-hw4 P6).
+
+The task-specific pieces: the handout's loader filter, a vocabulary, a word-level split,
+batches grouped by (source length, target length), a rule-based translator used as an
+independent check, character error rate, and one training run of the helpers'
+encoder-decoder through :func:`helpers.training.fit`.
+
+Token ids: ``PAD = 0`` (only used when words of different lengths share a batch at
+decoding time), ``SOS = 1``, ``EOS = 2``, then ``a``-``z`` and ``-``: 30 ids, i.e. the
+handout's 29 tokens plus padding. A source is ``chars + EOS``; a target ``SOS + chars + EOS``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from helpers.training import EarlyStopping, History, fit, to_device, warmup_cosine_lambda
+from helpers.transformer import (
+    EncoderDecoder,
+    Seq2SeqBatch,
+    greedy_decode_until_end,
+    make_model,
+    make_seq2seq_batch,
+    seq2seq_loss,
+)
+
+PAD, SOS, EOS = 0, 1, 2
+CHARS = "abcdefghijklmnopqrstuvwxyz-"
+TOKENS = ("<PAD>", "<SOS>", "<EOS>", *CHARS)
+VOCAB_SIZE = len(TOKENS)  # 30 = the handout's 29 + padding
+CHAR_TO_ID = {c: i for i, c in enumerate(TOKENS) if len(c) == 1}
+VOWELS = frozenset("aeiou")
+_WORD = re.compile(r"^[a-z-]+$")
+
+Pair = tuple[str, str]
+
+
+# ------------------------------------------------------------------------------ data
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """``(english, pig_latin)`` pairs of a ``english piglatin`` file, with the handout's
+    filter: stripped, non-empty lines whose two tokens are made of ``a-z`` and ``-`` only."""
+    pairs = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        tokens = line.strip().split()
+        if len(tokens) == 2 and all(_WORD.match(t) for t in tokens):
+            pairs.append((tokens[0], tokens[1]))
+    return pairs
+
+
+def split_by_word(pairs: Iterable[Pair], val_fraction: float = 0.2,
+                  seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """De-duplicate, then split 80/20 by *English word*: a word with two translations
+    (the large file's ``qu`` words) goes wholly to one side, so no validation word is seen
+    in training. Deterministic given ``seed``."""
+    by_word: dict[str, set[str]] = defaultdict(set)
+    for src, tgt in pairs:
+        by_word[src].add(tgt)
+    words = sorted(by_word)
+    random.Random(seed).shuffle(words)
+    n_val = round(len(words) * val_fraction)
+    val_words, train_words = sorted(words[:n_val]), sorted(words[n_val:])
+    return ([(w, t) for w in train_words for t in sorted(by_word[w])],
+            [(w, t) for w in val_words for t in sorted(by_word[w])])
+
+
+def references(pairs: Iterable[Pair]) -> dict[str, set[str]]:
+    """Every accepted translation of each English word."""
+    refs: dict[str, set[str]] = defaultdict(set)
+    for src, tgt in pairs:
+        refs[src].add(tgt)
+    return dict(refs)
+
+
+# ----------------------------------------------------------------------- rule-based
+
+def _translate_part(part: str, qu_block: bool) -> str:
+    if not part:
+        return part  # "to-" -> "otay-": an empty hyphen part stays empty
+    if part[0] in VOWELS:
+        return part + "way"
+    i = 0
+    while i < len(part) and part[i] not in VOWELS and part[i] != "y":
+        i += 1  # the consonant cluster; 'y' ends it: yellow -> yelloway, rhythm -> ythmrhay
+    if qu_block and 0 < i < len(part) and part[i - 1] == "q" and part[i] == "u":
+        i += 1  # "qu" moves as a block: quick -> ickquay (square -> aresquay)
+    return part[i:] + part[:i] + "ay"
+
+
+def to_pig_latin(word: str, qu_block: bool = True) -> str:
+    """The dataset's rule: a vowel-initial part gets ``way``; otherwise its leading
+    consonant cluster (up to the first vowel or ``y``; ``qu`` kept together when
+    ``qu_block``) moves to the end, followed by ``ay``. Each hyphen-separated part is
+    translated on its own: ``bond-street -> ondbay-eetstray``."""
+    return "-".join(_translate_part(p, qu_block) for p in word.split("-"))
+
+
+def rule_disagreements(pairs: Iterable[Pair], qu_block: bool = True) -> list[tuple[str, str, str]]:
+    """``(english, dataset translation, rule translation)`` wherever the two differ."""
+    return [(s, t, r) for s, t in pairs if (r := to_pig_latin(s, qu_block)) != t]
+
+
+# --------------------------------------------------------------------------- tensors
+
+def encode_source(word: str) -> list[int]:
+    """Characters then EOS."""
+    return [CHAR_TO_ID[c] for c in word] + [EOS]
+
+
+def encode_target(word: str) -> list[int]:
+    """SOS, characters, EOS."""
+    return [SOS] + [CHAR_TO_ID[c] for c in word] + [EOS]
+
+
+def decode_ids(ids: Sequence[int]) -> str:
+    """Characters up to the first EOS; SOS and PAD are skipped."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == EOS:
+            break
+        if i > EOS:
+            out.append(TOKENS[i])
+    return "".join(out)
+
+
+def pad_sources(words: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Padded sources ``(B, S)`` and their mask ``(B, 1, S)`` (True = a real token)."""
+    encoded = [encode_source(w) for w in words]
+    src = torch.full((len(words), max(map(len, encoded))), PAD, dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        src[row, : len(ids)] = torch.tensor(ids)
+    return src, (src != PAD).unsqueeze(-2)
+
+
+def bucket_batches(pairs: Sequence[Pair], batch_size: int,
+                   generator: torch.Generator | None = None) -> list[Seq2SeqBatch]:
+    """Teacher-forced batches of pairs with the same (source, target) length, as the
+    handout groups them, so no padding is needed; at most ``batch_size`` pairs each.
+    With a ``generator`` the pairs within a bucket and the batch order are shuffled."""
+    buckets: dict[tuple[int, int], list[Pair]] = defaultdict(list)
+    for src, tgt in pairs:
+        buckets[(len(src), len(tgt))].append((src, tgt))
+    batches = []
+    for key in sorted(buckets):
+        group = buckets[key]
+        if generator is not None:
+            group = [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
+        for start in range(0, len(group), batch_size):
+            chunk = group[start: start + batch_size]
+            src = torch.tensor([encode_source(s) for s, _ in chunk])  # (B, S)
+            tgt = torch.tensor([encode_target(t) for _, t in chunk])  # (B, T)
+            batches.append(make_seq2seq_batch(src, tgt, pad=PAD))
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def without_causal_mask(batch: Seq2SeqBatch) -> Seq2SeqBatch:
+    """The same batch with a padding-only decoder mask ``(B, 1, T-1)``: every decoder
+    position may attend to every target position, the later ones included."""
+    return batch._replace(tgt_mask=(batch.tgt != PAD).unsqueeze(-2))
+
+
+# -------------------------------------------------------------------------- metrics
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions each cost 1)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def character_error_rate(predictions: Sequence[str], targets: Sequence[str]) -> float:
+    """Total edit distance over total target length (corpus-level CER)."""
+    if len(predictions) != len(targets) or not targets:
+        raise ValueError(f"need as many predictions ({len(predictions)}) as targets "
+                         f"({len(targets)}), and at least one")
+    return sum(map(edit_distance, predictions, targets)) / sum(len(t) for t in targets)
+
+
+def score_translations(predictions: dict[str, str],
+                       refs: dict[str, set[str]]) -> dict[str, float]:
+    """Exact-match word accuracy (a prediction is right if it equals any accepted
+    translation) and CER against the closest accepted translation, over ``refs``' words."""
+    words = sorted(refs)
+    closest = [min(sorted(refs[w]), key=lambda t: edit_distance(predictions[w], t)) for w in words]
+    hits = [predictions[w] in refs[w] for w in words]
+    return {"exact_match": sum(hits) / len(words),
+            "cer": character_error_rate([predictions[w] for w in words], closest)}
+
+
+# ------------------------------------------------------------------------ the model
+
+def max_target_length(word: str) -> int:
+    """A safe decoding budget: SOS, the word, ``ay``/``way`` per hyphen part, EOS."""
+    return len(word) + 3 * (word.count("-") + 1) + 2
+
+
+@torch.no_grad()
+def translate(model: EncoderDecoder, words: Sequence[str], batch_size: int = 1024,
+              causal: bool = True, device: torch.device | str | None = None) -> dict[str, str]:
+    """Greedy translations ``{word: pig_latin}``; words are batched by length, and the
+    decoder uses the causal mask or (``causal=False``) a full one, as it was trained."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    ordered = sorted(set(words), key=len)
+    out: dict[str, str] = {}
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start: start + batch_size]
+        src, src_mask = pad_sources(chunk)
+        ys = greedy_decode_until_end(model, src.to(device), src_mask.to(device),
+                                     max(map(max_target_length, chunk)), SOS, EOS, pad=PAD,
+                                     causal=causal)
+        out.update(zip(chunk, (decode_ids(row[1:]) for row in ys.tolist()), strict=True))
+    return out
+
+
+@torch.no_grad()
+def attention_maps(model: EncoderDecoder, word: str, translation: str,
+                   causal: bool = True) -> list[Tensor]:
+    """Per decoder layer, the head-averaged attention over the source ``(T+1, S+1)``
+    while reading ``SOS + translation`` (rows: decoder inputs; columns: ``word + EOS``)."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch = make_seq2seq_batch(torch.tensor([encode_source(word)]),
+                               torch.tensor([encode_target(translation)]), pad=PAD)
+    if not causal:
+        batch = without_causal_mask(batch)
+    batch = to_device(batch, device)
+    model(batch.src, batch.tgt, batch.src_mask, batch.tgt_mask)
+    return [layer.src_attn.last_weights[0].mean(0).cpu() for layer in model.decoder.layers]
+
+
+def mean_loss(model: EncoderDecoder, batches: Sequence[Seq2SeqBatch],
+              device: torch.device | str | None = None) -> float:
+    """Teacher-forced NLL per target token over ``batches`` (nats)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            loss, n = seq2seq_loss(model, to_device(batch, device), pad=PAD)
+            total, count = total + loss.item() * n, count + n
+    return total / count
+
+
+@dataclass
+class TranslatorRun:
+    """One trained translator and what its training measured."""
+
+    name: str
+    model: EncoderDecoder
+    history: History
+    seconds: float
+    best_val_loss: float
+    best_epoch: int
+    causal: bool
+
+
+def train_translator(name: str, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *,
+                     hidden: int, layers: int, heads: int, d_ff: int, dropout: float,
+                     lr: float, batch_size: int, epochs: int, patience: int,
+                     generator: torch.Generator, device: torch.device | str = "cpu",
+                     causal: bool = True, schedule: str = "constant",
+                     warmup_steps: int = 0) -> TranslatorRun:
+    """Build ``make_model`` at ``hidden`` size, train it with Adam and cross-entropy
+    through :func:`fit`, stop early on validation loss and keep the best weights. The
+    norm is ``nn.LayerNorm``, as in the CSC413 handout (and faster than the Annotated
+    Transformer's).
+
+    ``schedule="constant"`` keeps ``lr`` (the handout); ``"cosine"`` warms up linearly over
+    ``warmup_steps`` and decays to 0 by the last step of ``epochs``. ``causal=False`` trains
+    the decoder with a padding-only self-attention mask."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    model = make_model(VOCAB_SIZE, VOCAB_SIZE, N=layers, d_model=hidden, d_ff=d_ff, h=heads,
+                       dropout=dropout, norm=nn.LayerNorm).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = None
+    if schedule == "cosine":
+        total = epochs * len(bucket_batches(train_pairs, batch_size))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine_lambda(warmup_steps, total))
+    val_batches = bucket_batches(val_pairs, 4 * batch_size)
+    if not causal:
+        val_batches = [without_causal_mask(b) for b in val_batches]
+
+    def batches(epoch: int) -> list[Seq2SeqBatch]:
+        train = bucket_batches(train_pairs, batch_size, generator)
+        return train if causal else [without_causal_mask(b) for b in train]
+
+    def loss_fn(model: EncoderDecoder, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
+        return seq2seq_loss(model, batch, pad=PAD)
+
+    stopper = EarlyStopping("val_loss", "min", patience=patience, restore_best=True)
+    start = time.perf_counter()
+    history = fit(model, batches, loss_fn, optimizer, epochs, scheduler=scheduler, device=device,
+                  evaluate=lambda m: {"val_loss": mean_loss(m, val_batches, device)},
+                  callbacks=[stopper], desc=name)
+    seconds = time.perf_counter() - start
+    return TranslatorRun(name, model.eval(), history, seconds, float(stopper.best),
+                         int(stopper.best_epoch), causal)

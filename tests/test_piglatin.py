@@ -1,0 +1,200 @@
+"""Pig-Latin helpers (iust-1404-hw4 P6): the rule, data handling, decoding, CER, the notebook."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from helpers import piglatin as pl
+from helpers.assets import dataset_dir
+from helpers.layers import subsequent_mask
+from helpers.transformer import (
+    greedy_decode,
+    greedy_decode_until_end,
+    make_model,
+    make_seq2seq_batch,
+    seq2seq_loss,
+)
+
+
+# ------------------------------------------------------------------------ the rule
+
+@pytest.mark.parametrize(("word", "expected"), [
+    ("team", "eamtay"), ("impress", "impressway"), ("shopping", "oppingshay"),
+    ("the", "ethay"), ("conditioning", "onditioningcay"), ("yellow", "yelloway"),
+    ("hysterical", "ystericalhay"), ("quick", "ickquay"), ("square", "aresquay"),
+    ("xml", "xmlay"), ("bond-street", "ondbay-eetstray"), ("to-", "otay-"),
+])
+def test_to_pig_latin_examples(word, expected):
+    assert pl.to_pig_latin(word) == expected
+
+
+def test_qu_block_switch():
+    assert pl.to_pig_latin("quick", qu_block=False) == "uickqay"
+    assert pl.to_pig_latin("queen", qu_block=True) == "eenquay"
+
+
+@pytest.mark.parametrize("name", ["small", "large"])
+def test_rule_agrees_with_at_least_99_percent_of_each_file(name):
+    path = dataset_dir("pig_latin", "small") / f"pig_latin_{name}.txt"
+    pairs = pl.load_pairs(path)
+    assert len(pairs) == {"small": 3198, "large": 22402}[name]  # the handout's counts
+    disagreements = pl.rule_disagreements(pairs)
+    assert len(disagreements) / len(pairs) <= 0.01, disagreements[:20]
+
+
+# -------------------------------------------------------------------------- data
+
+def test_load_pairs_applies_the_handout_filter(tmp_path: Path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("team eamtay\nedward's edwardway'say\n37 37\n \n\nbond-street ondbay-eetstray\n")
+    assert pl.load_pairs(path) == [("team", "eamtay"), ("bond-street", "ondbay-eetstray")]
+
+
+def test_split_by_word_keeps_all_translations_of_a_word_together():
+    pairs = [(f"w{c}", f"{c}way") for c in "abcdefghij"] + [("quest", "estquay"),
+                                                            ("quest", "uestqay")]
+    pairs = [(s.replace("w", "x"), t) for s, t in pairs] + pairs[:3]  # duplicates dropped
+    train, val = pl.split_by_word(pairs, 0.25, seed=1)
+    assert not {s for s, _ in train} & {s for s, _ in val}
+    assert len(train) + len(val) == len(set(pairs))
+    quest_side = [side for side in (train, val) if any(s == "quest" for s, _ in side)]
+    assert len(quest_side) == 1 and sum(s == "quest" for s, _ in quest_side[0]) == 2
+    assert pl.split_by_word(pairs, 0.25, seed=1) == (train, val)
+
+
+def test_encode_decode_round_trip_and_vocabulary():
+    assert pl.VOCAB_SIZE == 30  # the handout's 29 tokens and padding
+    word = "bond-street"
+    assert pl.decode_ids(pl.encode_target(word)) == word
+    assert pl.decode_ids(pl.encode_source(word) + [5, 6]) == word  # stops at EOS
+    assert pl.encode_source("ab") == [3, 4, pl.EOS]
+
+
+def test_bucket_batches_group_equal_lengths_without_padding():
+    pairs = [("ab", "abway"), ("cd", "dcay"), ("ef", "efway"), ("abc", "abcway"),
+             ("gh", "hgay")] * 3
+    batches = pl.bucket_batches(pairs, batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert sum(b.src.shape[0] for b in batches) == len(pairs)
+    for b in batches:
+        assert b.src.shape[0] <= 4 and not (b.src == pl.PAD).any()
+        assert b.tgt_mask.shape[-1] == b.tgt.shape[1]
+        assert torch.all(b.tgt[:, 0] == pl.SOS) and torch.all(b.tgt_y[:, -1] == pl.EOS)
+
+
+def test_without_causal_mask_lets_every_position_see_the_whole_target():
+    batch = make_seq2seq_batch(torch.tensor([pl.encode_source("ab")]),
+                               torch.tensor([pl.encode_target("abway")]), pad=pl.PAD)
+    assert not batch.tgt_mask[0, 0, 1:].any()  # causal: the first step sees itself only
+    full = pl.without_causal_mask(batch)
+    assert full.tgt_mask.all() and full.tgt_mask.shape == (1, 1, 6)
+
+
+def test_a_non_causal_decoder_output_depends_on_later_tokens_a_causal_one_does_not():
+    model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=1, d_model=16, d_ff=32, h=2,
+                       dropout=0.0).eval()
+    a = make_seq2seq_batch(torch.tensor([pl.encode_source("cat")]),
+                           torch.tensor([pl.encode_target("atcay")]), pad=pl.PAD)
+    b = a._replace(tgt=a.tgt.clone())
+    b.tgt[0, -1] = pl.CHAR_TO_ID["z"]  # change the last decoder input only
+    for causal, same in ((True, True), (False, False)):
+        x, y = (a, b) if causal else (pl.without_causal_mask(a), pl.without_causal_mask(b))
+        out_a = model(x.src, x.tgt, x.src_mask, x.tgt_mask)[0, 0]
+        out_b = model(y.src, y.tgt, y.src_mask, y.tgt_mask)[0, 0]
+        assert torch.allclose(out_a, out_b, atol=1e-6) == same
+
+
+# ------------------------------------------------------------------------ metrics
+
+@pytest.mark.parametrize(("a", "b", "d"), [("", "", 0), ("abc", "", 3), ("", "ab", 2),
+                                           ("kitten", "sitting", 3), ("flaw", "lawn", 2),
+                                           ("ethay", "ethay", 0)])
+def test_edit_distance(a, b, d):
+    assert pl.edit_distance(a, b) == d == pl.edit_distance(b, a)
+
+
+def test_character_error_rate_and_scores():
+    assert pl.character_error_rate(["ethay", "x"], ["ethay", "isway"]) == pytest.approx(5 / 10)
+    with pytest.raises(ValueError):
+        pl.character_error_rate(["a"], [])
+    refs = {"quest": {"estquay", "uestqay"}, "the": {"ethay"}}
+    scores = pl.score_translations({"quest": "uestqay", "the": "ehtay"}, refs)
+    assert scores["exact_match"] == 0.5
+    assert scores["cer"] == pytest.approx(2 / 12)  # 0 of 7 + 2 of 5
+
+
+# ---------------------------------------------------------------- greedy decoding
+
+def test_greedy_decode_until_end_matches_greedy_decode_up_to_the_end():
+    torch.manual_seed(0)
+    model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=2, d_model=16, d_ff=32, h=2).eval()
+    src, src_mask = pl.pad_sources(["cat", "street", "a"])
+    ref = greedy_decode(model, src, src_mask, max_len=12, start_symbol=pl.SOS)
+    ys = greedy_decode_until_end(model, src, src_mask, 12, pl.SOS, end_symbol=3, pad=pl.PAD)
+    assert ys.shape[0] == 3 and ys.shape[1] <= 12 and torch.all(ys[:, 0] == pl.SOS)
+    for row, ref_row in zip(ys, ref, strict=True):
+        ends = (ref_row == 3).nonzero()
+        stop = int(ends[0]) + 1 if len(ends) else 12
+        assert torch.equal(row[:stop], ref_row[:stop])
+        assert torch.all(row[stop:] == pl.PAD)
+
+
+def test_greedy_decode_until_end_stops_early_once_every_sequence_ended():
+    model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=1, d_model=16, d_ff=32, h=2).eval()
+    with torch.no_grad():  # a generator that always prefers EOS
+        model.generator.proj.weight.zero_()
+        model.generator.proj.bias.zero_()
+        model.generator.proj.bias[pl.EOS] = 10.0
+    src, src_mask = pl.pad_sources(["cat", "dog"])
+    ys = greedy_decode_until_end(model, src, src_mask, 20, pl.SOS, pl.EOS, causal=False)
+    assert ys.tolist() == [[pl.SOS, pl.EOS]] * 2
+    assert pl.translate(model, ["cat", "dog"]) == {"cat": "", "dog": ""}
+
+
+def test_non_causal_decoding_uses_a_full_mask():
+    """With causal=False the last step equals a forward pass with an all-True mask."""
+    torch.manual_seed(1)
+    model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=2, d_model=16, d_ff=32, h=2).eval()
+    src, src_mask = pl.pad_sources(["street"])
+    ys = greedy_decode_until_end(model, src, src_mask, 6, pl.SOS, end_symbol=99, causal=False)
+    prefix = ys[:, :-1]
+    full = torch.ones(1, prefix.shape[1], prefix.shape[1], dtype=torch.bool)
+    out = model.generator(model(src, prefix, src_mask, full)[:, -1]).argmax(-1)
+    assert int(out) == int(ys[0, -1])
+    causal = model.generator(model(src, prefix, src_mask, subsequent_mask(prefix.shape[1]))[:, -1])
+    assert causal.shape == (1, pl.VOCAB_SIZE)
+
+
+# -------------------------------------------------------------- training, end to end
+
+def test_train_translator_learns_a_tiny_set_and_restores_the_best_weights():
+    pairs = [(w, pl.to_pig_latin(w)) for w in
+             ("cat", "dog", "egg", "tin", "ant", "pot", "run", "owl", "sun", "ink")]
+    run = pl.train_translator("tiny", pairs, pairs[:4], hidden=32, layers=1, heads=2, d_ff=64,
+                              dropout=0.0, lr=3e-3, batch_size=8, epochs=12, patience=3,
+                              generator=torch.Generator().manual_seed(0))
+    losses = run.history.column("val_loss")
+    assert run.best_val_loss == min(losses) < losses[0]
+    assert_close(pl.mean_loss(run.model, pl.bucket_batches(pairs[:4], 8)), run.best_val_loss)
+    maps = pl.attention_maps(run.model, "cat", "atcay")
+    assert len(maps) == 1 and maps[0].shape == (len("atcay") + 1, len("cat") + 1)
+    assert_close(maps[0].sum(-1), torch.ones(6))
+    seq_loss, n = seq2seq_loss(run.model, pl.bucket_batches(pairs[:1], 1)[0], pad=pl.PAD)
+    assert n == len(pairs[0][1]) + 1 and torch.isfinite(seq_loss)
+
+
+# ------------------------------------------------------------------- the notebook
+
+def test_pig_latin_notebook_at_smoke(smoke_run):
+    result = smoke_run("iust-1404-hw4/Q6_pig_latin.ipynb")
+    assert result.status == "ok", result.error
+    m = result.metrics
+    assert m["rule_agreement_small"] == 1.0 and m["rule_agreement_large"] >= 0.99
+    for run in ("h32_small", "h64_small", "h32_large", "h64_large", "noncausal"):
+        assert 0.0 < m[f"val_loss_{run}"] < 4.0, run  # below ln(30) = 3.4 plus slack
+        assert 0.0 <= m[f"exact_match_{run}"] <= 1.0 and 0.0 <= m[f"cer_{run}"]
+    # smoke trains a few steps only: the losses must at least fall from the first epoch
+    assert m["h64_large_val_loss_drop"] > 0.0
+    # the non-causal decoder can read the answer under teacher forcing
+    assert m["val_loss_noncausal"] < m["val_loss_h64_small"]
