@@ -85,18 +85,6 @@ def weight_on(c: Tensor, v_a: Tensor, v_b: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- T5: T^(k)
 
 
-def sinusoidal_table(n_positions: int, d_model: int, start: int = 0,
-                     dtype: torch.dtype = torch.float64) -> Tensor:
-    """The interleaved sin/cos table ``(n, d_model)`` of ``helpers.layers`` (positions
-    ``start … start+n−1``) kept in ``dtype``: that helper rounds to float32, too coarse for a
-    1e-9 check. Column 2m is sin(t·λ_m), column 2m+1 cos(t·λ_m), λ_m = 10000^(−2m/d)."""
-    t = torch.arange(start, start + n_positions, dtype=dtype).unsqueeze(1)  # (n, 1)
-    lam = frequencies(d_model, dtype)
-    pe = torch.empty(n_positions, d_model, dtype=dtype)
-    pe[:, 0::2], pe[:, 1::2] = torch.sin(t * lam), torch.cos(t * lam)
-    return pe
-
-
 def frequencies(d_model: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """λ_m = 10000^(−2m/d_model) for m = 0 … d_model/2 − 1."""
     return torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=dtype) / d_model)

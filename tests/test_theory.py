@@ -47,9 +47,10 @@ def test_sample_keys_covariance():
                  atol=0.002, rtol=0)
 
 
-def test_sinusoidal_table_equals_layers_helper_and_shift_operator_works():
-    pe = theory.sinusoidal_table(40, 16)
-    assert_close(pe.float(), layers.sinusoidal_positional_encoding(40, 16), atol=1e-6, rtol=0)
+def test_shift_operator_moves_the_float64_table():
+    pe = layers.sinusoidal_positional_encoding(40, 16, dtype=torch.float64)
+    assert pe.dtype == torch.float64
+    assert_close(pe.float(), layers.sinusoidal_positional_encoding(40, 16))
     lam = theory.frequencies(16)
     for k in (1, 5, 17):
         t_k = theory.shift_operator(k, lam)
