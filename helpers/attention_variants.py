@@ -165,12 +165,14 @@ class HeadMaskedEncoderClassifier(nn.Module):
 
 def head_importance(model: nn.Module, batches: Iterable[Any],
                     loss_fn: Callable[[nn.Module, Any], Tensor], shape: tuple[int, int],
-                    normalize: bool = True) -> Tensor:
-    """Michel et al. (2019): ``I_h = sum over batches |dL/d xi_h|`` at ``xi = 1``, for a model with
-    ``set_head_mask(mask (n_layers, n_heads))``. With ``normalize`` each layer's scores are divided
-    by their L2 norm (the paper's layer-wise normalisation). Returns ``(n_layers, n_heads)``."""
+                    normalize: bool = True, base_mask: Tensor | None = None) -> Tensor:
+    """Michel et al. (2019): ``I_h = sum over batches |dL/d xi_h|`` at ``xi = base_mask`` (all ones
+    by default), for a model with ``set_head_mask(mask (n_layers, n_heads))``. With ``normalize``
+    each layer's scores are divided by their L2 norm (the paper's layer-wise normalisation).
+    Returns ``(n_layers, n_heads)``."""
     dtype = next(model.parameters()).dtype
-    mask = torch.ones(shape, dtype=dtype, requires_grad=True)
+    start = torch.ones(shape) if base_mask is None else base_mask.detach()
+    mask = start.to(dtype).clone().requires_grad_(True)
     model.set_head_mask(mask)
     was_training = model.training
     model.eval()
@@ -183,6 +185,21 @@ def head_importance(model: nn.Module, batches: Iterable[Any],
     if normalize:
         total = total / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return total
+
+
+def iterative_pruning_order(model: nn.Module, batches: Sequence[Any],
+                            loss_fn: Callable[[nn.Module, Any], Tensor],
+                            shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Michel et al.'s iterative pruning: mask the least important remaining head, recompute the
+    importance of the rest with that mask installed, repeat. Returns every head in pruning order."""
+    mask, order = torch.ones(shape), []
+    for _ in range(shape[0] * shape[1]):
+        scores = head_importance(model, batches, loss_fn, shape, normalize=False, base_mask=mask)
+        scores[mask == 0] = float("inf")  # already pruned
+        layer, head = divmod(int(scores.argmin()), shape[1])
+        mask[layer, head] = 0
+        order.append((layer, head))
+    return order
 
 
 @torch.no_grad()

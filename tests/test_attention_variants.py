@@ -128,3 +128,23 @@ def test_reinforce_finds_the_rewarded_mask():
                                                  generator=torch.Generator().manual_seed(0))
     assert torch.equal((probs > 0.5).float(), target)
     assert sum(history[-10:]) / 10 > sum(history[:10]) / 10
+
+
+def test_importance_at_a_base_mask_and_iterative_order():
+    torch.manual_seed(1)
+    model = av.HeadMaskedEncoderClassifier(vocab=5, n_classes=2, d_model=8, n_heads=2,
+                                           n_layers=2, d_ff=16, max_len=4).eval()
+    batch = (torch.randint(0, 5, (8, 4)), torch.randint(0, 2, (8,)))
+
+    def loss_fn(mdl, b):
+        return torch.nn.functional.cross_entropy(mdl(b[0]), b[1])
+
+    base = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    at_base = av.head_importance(model, [batch], loss_fn, (2, 2), normalize=False, base_mask=base)
+    mask = base.clone().requires_grad_()
+    model.set_head_mask(mask)
+    (grad,) = torch.autograd.grad(loss_fn(model, batch), mask)
+    assert_close(at_base, grad.abs())
+    order = av.iterative_pruning_order(model, [batch], loss_fn, (2, 2))
+    assert sorted(order) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    model.set_head_mask(torch.ones(2, 2))
