@@ -264,7 +264,8 @@ class TranslatorRun:
     name: str
     model: EncoderDecoder
     history: History
-    seconds: float
+    seconds: float  # wall-clock
+    cpu_seconds: float  # CPU time of this process (with one thread: the uncontended time)
     best_val_loss: float
     best_epoch: int
     causal: bool
@@ -306,10 +307,10 @@ def train_translator(name: str, train_pairs: Sequence[Pair], val_pairs: Sequence
         return seq2seq_loss(model, batch, pad=PAD)
 
     stopper = EarlyStopping("val_loss", "min", patience=patience, restore_best=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     history = fit(model, batches, loss_fn, optimizer, epochs, scheduler=scheduler, device=device,
                   evaluate=lambda m: {"val_loss": mean_loss(m, val_batches, device)},
                   callbacks=[stopper], desc=name)
-    seconds = time.perf_counter() - start
-    return TranslatorRun(name, model.eval(), history, seconds, float(stopper.best),
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return TranslatorRun(name, model.eval(), history, seconds, cpu_seconds, float(stopper.best),
                          int(stopper.best_epoch), causal)

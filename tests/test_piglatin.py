@@ -17,7 +17,6 @@ from helpers.transformer import (
     seq2seq_loss,
 )
 
-
 # ------------------------------------------------------------------------ the rule
 
 @pytest.mark.parametrize(("word", "expected"), [
@@ -48,7 +47,8 @@ def test_rule_agrees_with_at_least_99_percent_of_each_file(name):
 
 def test_load_pairs_applies_the_handout_filter(tmp_path: Path):
     path = tmp_path / "pairs.txt"
-    path.write_text("team eamtay\nedward's edwardway'say\n37 37\n \n\nbond-street ondbay-eetstray\n")
+    path.write_text("team eamtay\nedward's edwardway'say\n37 37\n \n\n"
+                    "bond-street ondbay-eetstray\n")
     assert pl.load_pairs(path) == [("team", "eamtay"), ("bond-street", "ondbay-eetstray")]
 
 
@@ -193,7 +193,7 @@ def test_pig_latin_notebook_at_smoke(smoke_run):
     assert m["rule_agreement_small"] == 1.0 and m["rule_agreement_large"] >= 0.99
     for run in ("h32_small", "h64_small", "h32_large", "h64_large", "noncausal"):
         assert 0.0 < m[f"val_loss_{run}"] < 4.0, run  # below ln(30) = 3.4 plus slack
-        assert 0.0 <= m[f"exact_match_{run}"] <= 1.0 and 0.0 <= m[f"cer_{run}"]
+        assert 0.0 <= m[f"exact_match_{run}"] <= 1.0 and m[f"cer_{run}"] >= 0.0
     # smoke trains a few steps only: the losses must at least fall from the first epoch
     assert m["h64_large_val_loss_drop"] > 0.0
     # the non-causal decoder can read the answer under teacher forcing
