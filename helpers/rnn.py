@@ -182,3 +182,233 @@ class VanillaRNN(nn.Module):
                 ref.bias_ih_l0.copy_(self.b_h)
                 ref.bias_hh_l0.zero_()
         return ref.to(self.W_hh.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Many-to-one sequence classification (iust-1402-hw5 Question 4).
+# Batch-first here: ids (B, L) right-padded with 0, lengths (B,).
+# --------------------------------------------------------------------------------------------
+
+class _BPTTFunction(torch.autograd.Function):
+    """``h (T, B, H) = rnn_forward(x, ...)`` whose backward is the hand-written :func:`rnn_bptt`
+    (autograd never sees the recurrence)."""
+
+    @staticmethod
+    def forward(ctx, x, W_hx, W_hh, b_h, activation):  # noqa: N803
+        h, _, cache = rnn_forward(x, None, W_hx, W_hh, b_h, activation=activation)
+        ctx.save_for_backward(cache.x, cache.h, cache.z, W_hx, W_hh)
+        ctx.activation = activation
+        ctx.has_bias = b_h is not None
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        x, h_all, z, W_hx, W_hh = ctx.saved_tensors  # noqa: N806
+        grads = rnn_bptt(RNNCache(x, h_all, z, ctx.activation), W_hx, W_hh,
+                         grad_h=grad_h.contiguous())
+        return grads["x"], grads["W_hx"], grads["W_hh"], (grads["b_h"] if ctx.has_bias
+                                                          else None), None
+
+
+class BPTTRNN(VanillaRNN):
+    """:class:`VanillaRNN` trained with its own BPTT: ``forward(x (T, B, D)) -> h (T, B, H)``
+    (h_0 = 0), gradients from :func:`rnn_bptt` rather than autograd."""
+
+    def __init__(self, input_size: int, hidden_size: int, activation: str = "tanh"):
+        super().__init__(input_size, hidden_size, None, activation)
+
+    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, None]:
+        if h0 is not None:
+            raise ValueError("BPTTRNN starts from h_0 = 0")
+        return _BPTTFunction.apply(x, self.W_hx, self.W_hh, self.b_h, self.activation), None
+
+
+CELLS = ("scratch", "rnn", "gru", "lstm")
+POOLINGS = ("last", "mean", "attention", "hard", "hard_st")
+
+
+def length_mask(lengths: Tensor, width: int) -> Tensor:
+    """``(B, width)`` boolean, True on the first ``lengths[b]`` positions."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class RecurrentClassifier(nn.Module):
+    """Embedding -> recurrent layer -> pooling over time -> linear: ``forward(ids (B, L),
+    lengths (B,)) -> logits (B, num_classes)``.
+
+    ``cell``: ``"scratch"`` (:class:`BPTTRNN`, unidirectional), ``"rnn"``, ``"gru"``, ``"lstm"``
+    (PyTorch, packed so that padding never enters a state). ``pooling`` of the states
+    ``s_t (B, L, H*dirs)``: ``"last"`` (the final state of each direction), ``"mean"`` (over the
+    real tokens), ``"attention"`` (``a = softmax_t(w^T tanh(W s_t))``, sum of ``a_t s_t``),
+    ``"hard"`` (one-hot argmax of the same scores: no gradient reaches ``W, w``) and
+    ``"hard_st"`` (argmax forward, softmax gradient backward: straight-through).
+    The last pooling weights ``(B, L)`` are kept in ``self.last_weights``.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, cell: str = "lstm",
+                 bidirectional: bool = False, pooling: str = "last", num_classes: int = 2,
+                 attn_dim: int = 32, pad_id: int = 0):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; known: {CELLS}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; known: {POOLINGS}")
+        if cell == "scratch" and bidirectional:
+            raise ValueError("the scratch RNN is unidirectional")
+        self.cell, self.pooling, self.bidirectional = cell, pooling, bidirectional
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        if cell == "scratch":
+            self.rnn: nn.Module = BPTTRNN(embed_dim, hidden_size)
+        else:
+            kind = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            self.rnn = kind(embed_dim, hidden_size, batch_first=True, bidirectional=bidirectional)
+        out_dim = hidden_size * (2 if bidirectional else 1)
+        if pooling in ("attention", "hard", "hard_st"):
+            self.attn_proj = nn.Linear(out_dim, attn_dim)
+            self.attn_score = nn.Linear(attn_dim, 1, bias=False)
+        self.head = nn.Linear(out_dim, num_classes)
+        self.last_weights: Tensor | None = None
+
+    def states(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``(states (B, L, H*dirs), last (B, H*dirs))``; states at padding are zero for
+        PyTorch cells, arbitrary for the scratch cell (pooling masks them)."""
+        x = self.embedding(ids)  # (B, L, E)
+        if self.cell == "scratch":
+            h, _ = self.rnn(x.transpose(0, 1))
+            states = h.transpose(0, 1)  # (B, L, H)
+            last = states[torch.arange(len(ids), device=ids.device), lengths - 1]
+            return states, last
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, h_n = self.rnn(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                     total_length=ids.shape[1])
+        if isinstance(h_n, tuple):  # LSTM: (h_n, c_n)
+            h_n = h_n[0]
+        last = torch.cat(list(h_n), dim=-1)  # (dirs, B, H) -> (B, dirs*H)
+        return states, last
+
+    def pool(self, states: Tensor, last: Tensor, lengths: Tensor) -> Tensor:
+        """``(B, H*dirs)`` from the states; sets ``self.last_weights``."""
+        mask = length_mask(lengths, states.shape[1])
+        if self.pooling == "last":
+            self.last_weights = None
+            return last
+        if self.pooling == "mean":
+            weights = mask.to(states.dtype) / lengths[:, None].to(states.dtype)
+        else:
+            scores = self.attn_score(torch.tanh(self.attn_proj(states))).squeeze(-1)  # (B, L)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            soft = scores.softmax(-1)
+            if self.pooling == "attention":
+                weights = soft
+            else:
+                hard = nn.functional.one_hot(scores.argmax(-1), scores.shape[1]).to(states.dtype)
+                weights = hard if self.pooling == "hard" else hard + soft - soft.detach()
+        self.last_weights = weights.detach()
+        return torch.einsum("bl,blh->bh", weights, states.masked_fill(~mask[..., None], 0.0))
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        states, last = self.states(ids, lengths)
+        return self.head(self.pool(states, last, lengths))
+
+
+def unroll(module: nn.RNN | nn.GRU | nn.LSTM, x: Tensor) -> list[Tensor]:
+    """The hidden states ``[h_1, ..., h_T]`` (each ``(B, H)``) of a one-layer, unidirectional,
+    batch-first PyTorch recurrent layer on ``x (B, T, D)``, computed step by step with its
+    weights, so that each ``h_t`` is a node of the graph (for ``dL/dh_t``)."""
+    if module.num_layers != 1 or module.bidirectional or not module.batch_first:
+        raise ValueError("unroll takes a one-layer, unidirectional, batch-first module")
+    w_ih, w_hh = module.weight_ih_l0, module.weight_hh_l0
+    b_ih = module.bias_ih_l0 if module.bias else torch.zeros(w_ih.shape[0], dtype=x.dtype)
+    b_hh = module.bias_hh_l0 if module.bias else torch.zeros(w_hh.shape[0], dtype=x.dtype)
+    hidden = w_hh.shape[1]
+    h = x.new_zeros(x.shape[0], hidden)
+    c = x.new_zeros(x.shape[0], hidden)
+    states = []
+    for t in range(x.shape[1]):
+        gi = x[:, t] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        if isinstance(module, nn.LSTM):
+            i, f, g, o = (gi + gh).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        elif isinstance(module, nn.GRU):
+            ir, iz, in_ = gi.chunk(3, dim=-1)
+            hr, hz, hn = gh.chunk(3, dim=-1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
+        else:
+            act = torch.tanh if module.nonlinearity == "tanh" else torch.relu
+            h = act(gi + gh)
+        states.append(h)
+    return states
+
+
+def hidden_gradient_norms(model: RecurrentClassifier, ids: Tensor, labels: Tensor) -> Tensor:
+    """``||dLoss/dh_t||`` for ``t = 1..T``, averaged over the batch ``(T,)``: the loss is the
+    mean cross-entropy of the last-state classifier on full-length ``ids (B, T)`` (no padding).
+
+    Scratch cell: the ``g_h`` of :func:`rnn_bptt`; PyTorch cells: autograd through
+    :func:`unroll`. Unidirectional models only."""
+    if model.bidirectional:
+        raise ValueError("per-step gradients are defined here for unidirectional models")
+    x = model.embedding(ids).detach()
+    if model.cell == "scratch":
+        rnn = model.rnn
+        h, _, cache = rnn_forward(x.transpose(0, 1).detach(), None, rnn.W_hx.detach(),
+                                  rnn.W_hh.detach(), None if rnn.b_h is None else rnn.b_h.detach(),
+                                  activation=rnn.activation)
+        last = h[-1].requires_grad_()
+        loss = nn.functional.cross_entropy(model.head(last), labels)
+        (g_last,) = torch.autograd.grad(loss, last)
+        grad_h = torch.zeros_like(h)
+        grad_h[-1] = g_last
+        g_h = rnn_bptt(cache, rnn.W_hx.detach(), rnn.W_hh.detach(), grad_h=grad_h)["g_h"]
+        return g_h.norm(dim=-1).mean(1)
+    states = unroll(model.rnn, x)
+    loss = nn.functional.cross_entropy(model.head(states[-1]), labels)
+    grads = torch.autograd.grad(loss, states)
+    return torch.stack([g.norm(dim=-1).mean() for g in grads])
+
+
+class GradNormTracker:
+    """The global gradient norm of every optimiser step, read before any clipping: call
+    :meth:`new_step` in the loss function (before ``backward``); parameter hooks add up the
+    squared norms. ``norms`` is the list of per-step norms; :meth:`remove` drops the hooks."""
+
+    def __init__(self, model: nn.Module):
+        self.squares: list[float] = []
+        self._handles = [p.register_hook(self._add) for p in model.parameters()
+                         if p.requires_grad]
+
+    def _add(self, grad: Tensor) -> None:
+        if self.squares:
+            self.squares[-1] += float(grad.detach().pow(2).sum())
+
+    def new_step(self) -> None:
+        self.squares.append(0.0)
+
+    @property
+    def norms(self) -> list[float]:
+        return [s ** 0.5 for s in self.squares]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, batches) -> tuple[Tensor, Tensor, float]:
+    """``(y_true (N,), y_pred (N,), mean cross-entropy)`` over ``(ids, lengths, labels)``
+    batches, in eval mode."""
+    model.eval()
+    trues, preds, total, count = [], [], 0.0, 0
+    device = next(model.parameters()).device
+    for ids, lengths, labels in batches:
+        logits = model(ids.to(device), lengths.to(device))
+        total += float(nn.functional.cross_entropy(logits, labels.to(device), reduction="sum"))
+        count += len(labels)
+        trues.append(labels)
+        preds.append(logits.argmax(-1).cpu())
+    return torch.cat(trues), torch.cat(preds), total / max(count, 1)

@@ -86,3 +86,97 @@ def test_errors():
                         activation="gelu")
     with pytest.raises(ValueError, match=r"\(T, B, D\)"):
         rnn.rnn_forward(torch.zeros(2, 3), None, torch.zeros(4, 3), torch.zeros(4, 4))
+
+
+# ---- sequence classification (Question 4) ----
+
+def test_bptt_function_matches_autograd():
+    layer = rnn.BPTTRNN(3, 4).double()
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 2, 4, dtype=torch.float64)
+    (layer(x)[0] * weight).sum().backward()
+    hand = [p.grad.clone() for p in (layer.W_hx, layer.W_hh, layer.b_h)] + [x.grad.clone()]
+    x2 = x.detach().clone().requires_grad_()
+    params = [p.detach().clone().requires_grad_() for p in (layer.W_hx, layer.W_hh, layer.b_h)]
+    h, _, _ = rnn.rnn_forward(x2, None, *params)
+    (h * weight).sum().backward()
+    for a, b in zip(hand, [p.grad for p in params] + [x2.grad], strict=True):
+        assert_close(a, b)
+    assert_close(layer(x)[0], layer.torch_rnn_like()(x)[0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_unroll_matches_module(cell):
+    module = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](
+        3, 5, batch_first=True).double()
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    assert_close(torch.stack(rnn.unroll(module, x), 1), module(x)[0])
+
+
+@pytest.mark.parametrize("cell", ["scratch", "rnn", "gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_ignores_padding(cell, bidirectional):
+    if cell == "scratch" and bidirectional:
+        pytest.skip("scratch is unidirectional")
+    for pooling in rnn.POOLINGS:
+        model = rnn.RecurrentClassifier(20, 4, 6, cell, bidirectional, pooling).double().eval()
+        ids = torch.randint(1, 20, (3, 5))
+        lengths = torch.tensor([5, 3, 1])
+        ids[1, 3:] = 0
+        ids[2, 1:] = 0
+        padded = model(torch.cat([ids, torch.zeros(3, 4, dtype=torch.long)], 1), lengths)
+        alone = torch.cat([model(ids[i:i + 1, :lengths[i]], lengths[i:i + 1]) for i in range(3)])
+        assert_close(padded, alone)
+        assert padded.shape == (3, 2)
+
+
+def test_hard_attention_has_no_gradient_to_scores_but_straight_through_does():
+    ids = torch.randint(1, 20, (4, 6))
+    lengths = torch.full((4,), 6)
+    labels = torch.tensor([0, 1, 0, 1])
+    norms = {}
+    for pooling in ("hard", "hard_st", "attention"):
+        torch.manual_seed(0)
+        model = rnn.RecurrentClassifier(20, 4, 6, "gru", pooling=pooling)
+        torch.nn.functional.cross_entropy(model(ids, lengths), labels).backward()
+        grad = model.attn_proj.weight.grad
+        norms[pooling] = 0.0 if grad is None else float(grad.norm())
+        w = model.last_weights
+        assert_close(w.sum(1), torch.ones(4))
+    assert norms["hard"] == 0.0
+    assert norms["hard_st"] > 0 and norms["attention"] > 0
+
+
+@pytest.mark.parametrize("cell", ["scratch", "rnn", "lstm"])
+def test_hidden_gradient_norms_match_autograd(cell):
+    model = rnn.RecurrentClassifier(20, 4, 6, cell).double()
+    ids = torch.randint(1, 20, (3, 7))
+    labels = torch.tensor([0, 1, 1])
+    norms = rnn.hidden_gradient_norms(model, ids, labels)
+    assert norms.shape == (7,)
+    # the last step's gradient is the head's: W_out^T (softmax - y) / B
+    logits = model(ids, torch.full((3,), 7))
+    g = (logits.softmax(-1) - torch.nn.functional.one_hot(labels, 2)) @ model.head.weight / 3
+    assert_close(norms[-1], g.norm(dim=-1).mean().detach())
+    if cell == "scratch":  # every step vs autograd through the same RNN unrolled
+        ref = torch.nn.RNN(4, 6, batch_first=True).double()
+        with torch.no_grad():
+            ref.weight_ih_l0.copy_(model.rnn.W_hx)
+            ref.weight_hh_l0.copy_(model.rnn.W_hh)
+            ref.bias_ih_l0.copy_(model.rnn.b_h)
+            ref.bias_hh_l0.zero_()
+        states = rnn.unroll(ref, model.embedding(ids).detach())
+        loss = torch.nn.functional.cross_entropy(model.head(states[-1]), labels)
+        grads = torch.autograd.grad(loss, states)
+        assert_close(norms, torch.stack([g.norm(dim=-1).mean() for g in grads]))
+
+
+def test_grad_norm_tracker_reads_before_clipping():
+    model = torch.nn.Linear(3, 1)
+    tracker = rnn.GradNormTracker(model)
+    tracker.new_step()
+    model(torch.ones(2, 3)).sum().backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+    assert tracker.norms[0] == pytest.approx(float(expected))
+    tracker.remove()

@@ -1,0 +1,99 @@
+"""Word-level text pipeline for recurrent classifiers: tokenisation, a vocabulary built from the
+training texts only, fixed-length encoding, and padded, length-bucketed batches.
+
+Batches are batch-first: ``ids (B, L)`` right-padded with ``pad_id = 0``, ``lengths (B,)``,
+``labels (B,)``; ``L`` is the longest review of the batch, so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from helpers.text import LengthBucketSampler
+
+PAD, UNK = "<pad>", "<unk>"
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?]")
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words (with an apostrophe suffix: ``don't``), digits, ``!`` and ``?``;
+    HTML line breaks and other punctuation are dropped."""
+    return _TOKEN.findall(_HTML_BREAK.sub(" ", text).lower())
+
+
+class Vocabulary:
+    """Token <-> id; ``<pad>`` = 0, ``<unk>`` = 1, then tokens by decreasing training count
+    (ties alphabetical), at most ``max_size`` ids in all, each seen at least ``min_freq`` times."""
+
+    def __init__(self, tokens: Sequence[str]):
+        self.itos: list[str] = [PAD, UNK, *tokens]
+        self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("duplicate tokens in the vocabulary")
+
+    pad_id, unk_id = 0, 1
+
+    @classmethod
+    def build(cls, tokenized: Sequence[Sequence[str]], max_size: int,
+              min_freq: int = 1) -> Vocabulary:
+        """From the tokenised TRAINING texts only (never the test set)."""
+        if max_size < 3:
+            raise ValueError(f"max_size must leave room for one token, got {max_size}")
+        counts = Counter(t for tokens in tokenized for t in tokens)
+        ranked = sorted((t for t, c in counts.items() if c >= min_freq),
+                        key=lambda t: (-counts[t], t))
+        return cls(ranked[:max_size - 2])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Ids, ``<unk>`` for tokens outside the vocabulary."""
+        return [self.stoi.get(t, self.unk_id) for t in tokens]
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return [self.itos[i] for i in ids]
+
+
+def encode_texts(tokenized: Sequence[Sequence[str]], vocab: Vocabulary, max_len: int,
+                 keep: str = "tail") -> tuple[Tensor, Tensor]:
+    """``ids (N, max_len)`` right-padded with 0 and ``lengths (N,)`` (at least 1: an empty text
+    becomes one ``<unk>``). Longer texts keep their last (``keep="tail"``) or first
+    (``"head"``) ``max_len`` tokens."""
+    if keep not in ("head", "tail"):
+        raise ValueError(f"keep must be 'head' or 'tail', got {keep!r}")
+    ids = torch.zeros(len(tokenized), max_len, dtype=torch.long)
+    lengths = torch.ones(len(tokenized), dtype=torch.long)
+    for row, tokens in enumerate(tokenized):
+        enc = vocab.encode(tokens) or [vocab.unk_id]
+        enc = enc[-max_len:] if keep == "tail" else enc[:max_len]
+        ids[row, :len(enc)] = torch.tensor(enc)
+        lengths[row] = len(enc)
+    return ids, lengths
+
+
+def batches(ids: Tensor, lengths: Tensor, labels: Tensor, batch_size: int,
+            generator: torch.Generator | None = None, shuffle: bool = True,
+            ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(ids (B, L), lengths (B,), labels (B,))`` with ``L = max(lengths)`` of the batch.
+
+    ``shuffle=True``: length-bucketed random batches (:class:`helpers.text.LengthBucketSampler`,
+    order from ``generator``); ``False``: in order (evaluation)."""
+    if shuffle:
+        if generator is None:
+            raise ValueError("shuffle=True needs a generator")
+        index_batches: Iterator[list[int]] = iter(LengthBucketSampler(lengths.tolist(), batch_size,
+                                                                      generator))
+    else:
+        index_batches = (list(range(i, min(i + batch_size, len(ids))))
+                         for i in range(0, len(ids), batch_size))
+    for index in index_batches:
+        index_t = torch.as_tensor(index)
+        width = int(lengths[index_t].max())
+        yield ids[index_t, :width], lengths[index_t], labels[index_t]
