@@ -1,0 +1,140 @@
+"""Tests of helpers.charlm: encoding, paragraphs, shift_left, the hand-written GRU, the loss."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close
+
+from helpers import charlm
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids oversubscribing the shared CPU cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_encode_decode_roundtrip_and_index_convention():
+    ids = charlm.encode("Ab é")
+    assert ids[:2].tolist() == [ord("A") + 1, ord("b") + 1]
+    assert ids.min() >= 1 and ids.max() <= 255
+    assert charlm.decode(ids) == "Ab é"
+    assert charlm.decode(torch.cat([ids, torch.zeros(3, dtype=torch.long)])) == "Ab é"
+
+
+def test_paragraph_filter_is_strict():
+    long_ = ("a b c d e " * 4).strip()
+    text = f"short one\n\n{long_}\n \n{'x' * 40}\n\none two three four five six seven"
+    kept = charlm.paragraphs(text)
+    assert kept == [long_, "one two three four five six seven"]
+
+
+def test_split_is_seeded_and_disjoint():
+    items = list(range(50))
+    a = charlm.split_train_val(items, 0.2, torch.Generator().manual_seed(1))
+    b = charlm.split_train_val(items, 0.2, torch.Generator().manual_seed(1))
+    assert a == b and len(a[1]) == 10 and sorted(a[0] + a[1]) == items
+
+
+def test_shift_left_and_pad():
+    out = charlm.shift_left([torch.tensor([5, 6, 7]), torch.tensor([9])], pad_value=0)
+    assert [t.tolist() for t in out] == [[6, 7, 0], [0]]
+    assert charlm.pad(out).tolist() == [[6, 7, 0], [0, 0, 0]]
+
+
+def test_chunk_caps_length_and_keeps_everything():
+    ids = torch.arange(10)
+    pieces = charlm.chunk(ids, 4)
+    assert [len(p) for p in pieces] == [4, 4, 2] and torch.equal(torch.cat(pieces), ids)
+
+
+def test_batches_cover_every_sequence_once():
+    seqs = [torch.arange(n + 1) for n in range(23)]
+    groups = charlm.batches(seqs, 5, torch.Generator().manual_seed(0))
+    assert sorted(len(s) for g in groups for s in g) == sorted(len(s) for s in seqs)
+    assert max(len(g) for g in groups) == 5
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_scratch_gru_equals_nn_gru(layers):
+    torch.manual_seed(0)
+    ref = nn.GRU(5, 7, layers, batch_first=True).double()
+    ours = charlm.ScratchGRU.from_torch(ref)
+    x, h0 = torch.randn(3, 6, 5, dtype=torch.double), torch.randn(layers, 3, 7, dtype=torch.double)
+    out_ref, h_ref = ref(x, h0)
+    out, h = ours(x, h0)
+    assert_close(out, out_ref, atol=1e-10, rtol=1e-10)
+    assert_close(h, h_ref, atol=1e-10, rtol=1e-10)
+    out.sum().backward()
+    out_ref.sum().backward()
+    assert_close(ours.cells[0].weight_hh.grad, ref.weight_hh_l0.grad, atol=1e-10, rtol=1e-10)
+
+
+def test_gru_cell_gradcheck():
+    cell = charlm.GRUCell(3, 4).double()
+    x = torch.randn(2, 3, dtype=torch.double, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(cell, (x, h))
+
+
+def test_model_shapes_padding_invariance_and_packed_hidden():
+    torch.manual_seed(0)
+    model = charlm.CharGRU(8, 16, 2, dropout=0.0).eval()
+    seqs = [charlm.encode("hello world"), charlm.encode("hi")]
+    logits, hidden = model(seqs)
+    assert logits.shape == (2, 11, 256) and hidden.shape == (2, 2, 16)
+    alone, _ = model([seqs[1]])
+    assert_close(logits[1, :2], alone[0])  # right padding does not leak into real positions
+    model.pack = True
+    packed_logits, packed_hidden = model(seqs)
+    assert_close(packed_logits[1, :2], alone[0])
+    _, h_alone = model(seqs[1].unsqueeze(0))
+    assert_close(packed_hidden[:, 1], h_alone[:, 0])
+
+
+def test_loss_ignores_padding():
+    logits = torch.randn(2, 3, 256)
+    targets = torch.tensor([[4, 5, 0], [7, 0, 0]])
+    expected = F.cross_entropy(torch.stack([logits[0, 0], logits[0, 1], logits[1, 0]]),
+                               torch.tensor([4, 5, 7]))
+    assert_close(charlm.loss_fn(logits, targets), expected)
+    assert_close(charlm.loss_fn(logits, [targets[0], targets[1, :1]]), expected)
+
+
+def test_untrained_loss_near_uniform_and_training_reduces_it():
+    torch.manual_seed(0)
+    model = charlm.CharGRU(16, 32, 1, dropout=0.0)
+    batch = [charlm.encode("to be or not to be, that is")] * 2
+    loss, n = charlm.lm_loss(model, batch)
+    assert n == 2 * (len(batch[0]) - 1)
+    assert abs(loss.item() - math.log(256)) < 0.5
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):
+        loss, _ = charlm.lm_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1.5
+
+
+def test_repeated_line_rate():
+    assert charlm.repeated_line_rate(["a\nb\na\n\na"]) == pytest.approx(2 / 4)
+    assert charlm.repeated_line_rate(["a\nb", "a"]) == 0.0
+    assert charlm.repeated_line_rate([""]) == 0.0
+
+
+def test_char_rnn_notebook_at_smoke(smoke_run):
+    r = smoke_run("sharif-1402-hw3/char_rnn_language_model.ipynb")
+    assert r.status == "ok", r.error
+    m = r.metrics
+    assert m["gru_max_abs_error"] < 1e-5
+    assert m["val_loss_nats_per_char"] < m["initial_val_loss"]
+    assert 0 < m["val_bits_per_char"] < 8
+    assert m["distinct2_beam_no_repeat"] >= m["distinct2_beam"]
+    assert m["repeated_lines_beam_no_repeat"] <= m["repeated_lines_beam"]
