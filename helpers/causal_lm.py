@@ -1,0 +1,401 @@
+"""Causal language models for fine-tuning experiments.
+
+- loading: :func:`load_causal_lm` resolves a model through :mod:`helpers.assets` (a hub id,
+  a packaged GGUF file dequantised to float32, or ``DATA_DIR/models``) or builds the tiny
+  random Llama of the smoke profile (:data:`TINY_RANDOM`), saved and loaded through the same
+  ``from_pretrained`` path;
+- data: :func:`text_sequences` cuts a raw corpus (WikiText-2) into paragraphs of at most
+  ``seq_len`` tokens; batches come from :func:`helpers.text.pad_collate`, which pads on the
+  right and sets padded labels to -100;
+- loss and evaluation: :func:`causal_lm_loss` (``helpers.training.fit``'s signature) and
+  :func:`evaluate_causal_lm` (token-weighted loss and perplexity);
+- cost: :class:`measure_cost` (wall and CPU seconds, peak memory) and :func:`finetune`, which
+  trains one method with ``fit`` and measures it;
+- LoRA plumbing: :func:`peft_lora`, :func:`lora_module_names`, :func:`copy_lora_weights`,
+  and :func:`conv1d_to_linear` for GPT-2's ``Conv1D`` projections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import math
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+TINY_RANDOM = "tiny-random-llama"  # the smoke profile's model: random weights, no asset
+
+
+# ---------------------------------------------------------------------------- loading
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' progress bars and warnings (GGUF dequantisation prints a bar)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def tiny_llama_config(vocab_size: int, hidden_size: int = 64, num_layers: int = 2,
+                      num_heads: int = 4, num_kv_heads: int = 2, max_positions: int = 256,
+                      tie_word_embeddings: bool = True):
+    """A small ``LlamaConfig`` of SmolLM2's shape (grouped-query attention, tied embeddings)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                       intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                       max_position_embeddings=max_positions,
+                       tie_word_embeddings=tie_word_embeddings, pad_token_id=0,
+                       bos_token_id=1, eos_token_id=2)
+
+
+def build_tiny_random_lm(folder: Path | str, texts: Sequence[str], vocab_size: int = 512,
+                         seed: int = 0, **config: Any) -> Path:
+    """Train a byte-level BPE tokenizer on ``texts``, build a randomly initialised
+    ``LlamaForCausalLM`` (:func:`tiny_llama_config`) and save both into ``folder``."""
+    from transformers import LlamaForCausalLM
+
+    from helpers.text import train_bpe_tokenizer
+
+    folder = Path(folder)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), **config))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_causal_lm(name: str, profile: str, dtype: torch.dtype = torch.float32, *,
+                   tiny_dir: Path | str | None = None, tiny_texts: Sequence[str] = (),
+                   tiny_vocab_size: int = 512):
+    """``(model, tokenizer, source)`` for ``name``, in eval mode, pad token set.
+
+    ``name`` is a key of :data:`helpers.assets.MODELS`, a hub id, a local folder, or
+    :data:`TINY_RANDOM`: then a tiny random Llama with a tokenizer trained on ``tiny_texts``
+    is written into ``tiny_dir`` first and loaded from there like any saved model. GGUF
+    weights (the packaged SmolLM2) are dequantised to ``dtype``. A missing model fails with
+    the one :class:`helpers.assets.AssetError` of :func:`helpers.assets.model_path`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers import assets
+
+    gguf: dict[str, str] = {}
+    if name == TINY_RANDOM:
+        if tiny_dir is None or not tiny_texts:
+            raise ValueError(f"{TINY_RANDOM!r} needs tiny_dir and tiny_texts")
+        path, source = str(build_tiny_random_lm(tiny_dir, tiny_texts, tiny_vocab_size)), "random"
+    elif Path(name).is_dir():
+        path, source = name, "folder"
+    else:
+        resolved = assets.model_path(name, profile)
+        path, source = resolved.path, resolved.source
+        if resolved.gguf_file:
+            gguf, source = {"gguf_file": resolved.gguf_file}, f"{source} (GGUF, dequantised)"
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path, **gguf)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **gguf)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer, source
+
+
+def conv1d_to_linear(model: nn.Module) -> nn.Module:
+    """Replace every transformers ``Conv1D`` (GPT-2's ``x @ W + b`` with ``W (in, out)``) by
+    the equivalent ``nn.Linear`` (``W.T``), in place, so LoRA can wrap it; returns ``model``."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, child in list(model.named_children()):
+        if isinstance(child, Conv1D):
+            d_in, d_out = child.weight.shape
+            linear = nn.Linear(d_in, d_out, dtype=child.weight.dtype, device=child.weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(child.weight.T)
+                linear.bias.copy_(child.bias)
+            setattr(model, name, linear)
+        else:
+            conv1d_to_linear(child)
+    return model
+
+
+# ------------------------------------------------------------------------------- data
+
+def paragraphs(raw: str, skip_headings: bool = True) -> list[str]:
+    """Non-empty lines of a WikiText-style file; headings (``= Title =``) dropped."""
+    lines = (line.strip() for line in raw.splitlines())
+    return [line for line in lines
+            if line and not (skip_headings and line.startswith("=") and line.endswith("="))]
+
+
+def text_sequences(texts: Sequence[str], tokenizer, seq_len: int, n: int,
+                   generator: torch.Generator | None = None, min_tokens: int = 2) -> list[Tensor]:
+    """``n`` id tensors ``(T_i,)``, ``min_tokens <= T_i <= seq_len``: texts in a seeded random
+    order, each tokenised without special tokens and truncated to ``seq_len``."""
+    order = (torch.randperm(len(texts), generator=generator).tolist() if generator is not None
+             else range(len(texts)))
+    out: list[Tensor] = []
+    for i in order:
+        ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"][:seq_len]
+        if len(ids) >= min_tokens:
+            out.append(torch.tensor(ids, dtype=torch.long))
+        if len(out) == n:
+            return out
+    raise ValueError(f"only {len(out)} texts have >= {min_tokens} tokens; {n} were asked for")
+
+
+def lm_loader(sequences: Sequence[Tensor], pad_id: int, batch_size: int, shuffle: bool = False,
+              generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+    """Batches ``{input_ids, attention_mask, labels}`` ``(B, T)``; padded labels are -100."""
+    from helpers.text import pad_collate
+
+    return torch.utils.data.DataLoader(list(sequences), batch_size=batch_size, shuffle=shuffle,
+                                       generator=generator,
+                                       collate_fn=partial(pad_collate, pad_id=pad_id))
+
+
+# ------------------------------------------------------------------ loss and evaluation
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+    """Mean next-token loss of a padded batch (HF shifts the labels and skips -100) and the
+    number of predicted tokens, as ``helpers.training.fit`` expects."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                labels=batch["labels"])
+    return out.loss, int((batch["labels"][:, 1:] != -100).sum())
+
+
+@torch.no_grad()
+def evaluate_causal_lm(model: nn.Module, batches: Iterable[dict[str, Tensor]],
+                       device: torch.device | str | None = None) -> dict[str, float]:
+    """Token-weighted mean loss (nats/token) and perplexity over padded batches."""
+    from helpers.training import to_device
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss, n = causal_lm_loss(model, to_device(batch, device))
+        total, count = total + loss.item() * n, count + n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate_causal_lm got no tokens to score")
+    return {"val_loss": total / count, "val_perplexity": math.exp(total / count)}
+
+
+# ------------------------------------------------------------------------------ cost
+
+def _rss_bytes(field_name: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) via ``/proc/self/clear_refs``."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_memory() -> None:
+    """Collect garbage and give freed heap back to the OS (glibc), so RSS reflects live data."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class measure_cost:  # noqa: N801 - used as a context manager, reads like a function
+    """``with measure_cost(device) as cost: ...`` then ``cost.seconds``, ``cost.cpu_seconds``,
+    ``cost.peak_mb`` and ``cost.memory_kind``.
+
+    Peak memory is, on CUDA, the peak of ``torch.cuda.max_memory_allocated`` minus the
+    allocation before the block; on the CPU (Linux), the peak resident-set size of the process
+    during the block (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the RSS before
+    it — every byte the block added, allocator and Python included. Elsewhere it is NaN.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds = self.cpu_seconds = self.peak_mb = float("nan")
+        self.memory_kind = "unavailable"
+
+    def __enter__(self) -> measure_cost:
+        _release_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.memory_kind = "CUDA peak allocated - before"
+        else:
+            self._base = _rss_bytes("VmRSS")
+            if self._base is not None and _reset_peak_rss():
+                self.memory_kind = "peak RSS - RSS before"
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _rss_bytes("VmHWM") if self.memory_kind != "unavailable" else None
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+        if peak is not None and self._base is not None:
+            self.peak_mb = max(0, peak - self._base) / 2**20
+
+
+# ---------------------------------------------------------------------- fine-tuning
+
+@dataclass
+class MethodResult:
+    """One fine-tuning method: its costs and its validation metrics."""
+
+    method: str
+    rank: int | None
+    lr: float | None
+    trainable: int
+    total: int
+    val_loss: float
+    val_perplexity: float
+    steps: int = 0
+    s_per_step: float = float("nan")
+    cpu_s_per_step: float = float("nan")
+    peak_mb: float = float("nan")
+    step_losses: list[float] = field(default_factory=list)
+
+    @property
+    def trainable_pct(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+    def row(self) -> dict[str, Any]:
+        """The table row (no per-step losses)."""
+        return {"method": self.method, "rank": self.rank, "lr": self.lr,
+                "trainable": self.trainable, "trainable_%": self.trainable_pct,
+                "val_loss": self.val_loss, "val_perplexity": self.val_perplexity,
+                "steps": self.steps, "s/step": self.s_per_step,
+                "cpu_s/step": self.cpu_s_per_step, "peak_MB": self.peak_mb}
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; tied weights counted once."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return (sum(p.numel() for p in unique if p.requires_grad),
+            sum(p.numel() for p in unique))
+
+
+def finetune(model: nn.Module, method: str, train_loader, eval_loader, *, lr: float,
+             epochs: int = 1, rank: int | None = None, warmup_fraction: float = 0.1,
+             weight_decay: float = 0.0, clip_grad_norm: float | None = 1.0,
+             device: torch.device | str = "cpu", reference_total: int | None = None,
+             ) -> MethodResult:
+    """Train the trainable parameters of ``model`` with AdamW (linear warm-up, cosine decay)
+    through :func:`helpers.training.fit`, measuring the training alone
+    (:class:`measure_cost`), then evaluate. ``reference_total`` (the base model's size)
+    is the denominator of the trainable percentage (prefix tuning adds parameters)."""
+    from helpers.training import fit, warmup_cosine_lambda
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{method}: the model has no trainable parameters")
+    steps = epochs * len(train_loader)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine_lambda(max(1, round(warmup_fraction * steps)), steps))
+    model.to(device)
+    with measure_cost(device) as cost:
+        history = fit(model, train_loader, causal_lm_loss, optimizer, epochs, scheduler=schedule,
+                      clip_grad_norm=clip_grad_norm, device=device, desc=method)
+    metrics = evaluate_causal_lm(model, eval_loader, device)
+    trainable, total = parameter_counts(model)
+    return MethodResult(method, rank, lr, trainable, reference_total or total,
+                        metrics["val_loss"], metrics["val_perplexity"], steps,
+                        cost.seconds / steps, cost.cpu_seconds / steps, cost.peak_mb,
+                        list(history.step_losses))
+
+
+# ------------------------------------------------------------------------------ LoRA
+
+def peft_lora(model: nn.Module, r: int, alpha: float, targets: Sequence[str],
+              dropout: float = 0.0) -> nn.Module:
+    """``peft``'s LoRA on the modules whose name ends in one of ``targets`` (no biases)."""
+    import peft
+
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                             lora_dropout=dropout, bias="none", task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config)
+
+
+def peft_prefix_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
+    """``peft``'s prefix tuning: trainable key/value prefixes in every layer."""
+    import peft
+
+    return peft.get_peft_model(model, peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens))
+
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def lora_module_names(model: nn.Module) -> list[str]:
+    """Names of the LoRA-wrapped modules of a hand (``LoRALinear``) or ``peft`` model, in the
+    base model's naming (``model.layers.0.self_attn.q_proj``)."""
+    from helpers.peft import LoRALinear
+
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear) or (hasattr(module, "lora_A")
+                                              and isinstance(module.lora_A, nn.ModuleDict)):
+            names.append(name.removeprefix(_PEFT_PREFIX))
+    return names
+
+
+@torch.no_grad()
+def copy_lora_weights(peft_model: nn.Module, hand_model: nn.Module,
+                      adapter: str = "default") -> int:
+    """Copy ``peft``'s A and B of every wrapped module into the hand ``LoRALinear`` of the same
+    name; returns how many modules were copied (every one, or ``KeyError``)."""
+    from helpers.peft import LoRALinear
+
+    hand = {n: m for n, m in hand_model.named_modules() if isinstance(m, LoRALinear)}
+    copied = 0
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict):
+            target = hand[name.removeprefix(_PEFT_PREFIX)]
+            target.lora_A.copy_(module.lora_A[adapter].weight)
+            target.lora_B.copy_(module.lora_B[adapter].weight)
+            copied += 1
+    if copied != len(hand):
+        raise KeyError(f"copied {copied} modules but the hand model wraps {len(hand)}")
+    return copied
+
