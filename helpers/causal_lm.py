@@ -23,6 +23,7 @@ import gc
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -353,15 +354,40 @@ def peft_lora(model: nn.Module, r: int, alpha: float, targets: Sequence[str],
 
     config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
                              lora_dropout=dropout, bias="none", task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft 0.21 calls a method transformers 5 deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 def peft_prefix_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
     """``peft``'s prefix tuning: trainable key/value prefixes in every layer."""
     import peft
 
-    return peft.get_peft_model(model, peft.PrefixTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens))
+    config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return peft.get_peft_model(model, config)
+
+
+@torch.no_grad()
+def init_prefix_from_tokens(prefix_model: nn.Module, input_ids: Tensor,
+                            adapter: str = "default") -> None:
+    """Set a ``peft`` prefix to the keys and values the frozen model computes for the real
+    tokens ``input_ids (num_virtual_tokens,)`` (Li & Liang's initialisation from real words):
+    the prefixed model then starts exactly as the base model reading those tokens first.
+
+    peft stores the prefix as ``(T, layers · 2 · kv_heads · head_dim)``, viewed as
+    ``(T, layers · 2, kv_heads, head_dim)`` with keys at ``2l`` and values at ``2l + 1``.
+    """
+    embedding = prefix_model.prompt_encoder[adapter].embedding.weight  # (T, L·2·H·D)
+    if input_ids.shape != (embedding.shape[0],):
+        raise ValueError(f"need {embedding.shape[0]} token ids, got shape {tuple(input_ids.shape)}")
+    base = prefix_model.get_base_model()
+    with prefix_model.disable_adapter():
+        cache = base(input_ids=input_ids[None].to(embedding.device), use_cache=True).past_key_values
+    states = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # (1, H, T, D) each
+    stacked = torch.cat(states, dim=0)  # (L·2, H, T, D)
+    embedding.copy_(stacked.permute(2, 0, 1, 3).reshape(embedding.shape))
 
 
 _PEFT_PREFIX = "base_model.model."

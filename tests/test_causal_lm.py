@@ -180,3 +180,17 @@ def test_finetune_lowers_the_loss_and_counts_parameters():
     # virtual tokens x layers x (key, value) x key/value width
     assert res.total == total and res.trainable == 3 * 2 * 2 * 16
     assert res.val_loss < zero
+
+
+def test_prefix_from_real_tokens_equals_reading_them_first():
+    pytest.importorskip("peft")
+    base = _tiny_llama()
+    prefix = causal_lm.peft_prefix_tuning(copy.deepcopy(base), num_virtual_tokens=4).eval()
+    words, x = torch.randint(3, 97, (4,)), torch.randint(3, 97, (2, 6))
+    causal_lm.init_prefix_from_tokens(prefix, words)
+    with torch.no_grad():
+        ours = prefix(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        reference = base(input_ids=torch.cat([words.expand(2, 4), x], dim=1)).logits[:, 4:]
+    assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="need 4"):
+        causal_lm.init_prefix_from_tokens(prefix, words[:3])

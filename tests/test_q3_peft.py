@@ -12,8 +12,8 @@ def test_q3_peft_notebook_at_smoke(smoke_run):
     # hand LoRA == peft LoRA with the same A, B; merged == unmerged
     assert m["hand_vs_peft_max_abs_logit_diff"] < 1e-4
     assert m["merged_vs_unmerged_max_abs_logit_diff"] < 1e-4
-    losses = [m[k] for k in ("zero_shot_val_loss", "full_ft_val_loss", "prefix_val_loss",
-                             "best_lora_val_loss")]
+    losses = [m[k] for k in ("zero_shot_val_loss", "full_ft_val_loss", "best_lora_val_loss",
+                             "prefix_random_init_val_loss", "prefix_real_token_init_val_loss")]
     assert all(math.isfinite(v) and 0 < v < 20 for v in losses)
     # a random 400-token model starts near ln(400) = 6.0 and every method trains it a little
     assert abs(m["zero_shot_val_loss"] - math.log(400)) < 0.5
@@ -22,6 +22,7 @@ def test_q3_peft_notebook_at_smoke(smoke_run):
     assert 0 < m["best_lora_trainable_pct"] < 5 and m["best_lora_rank"] in (2, 4)
     assert m["full_ft_s_per_step"] > 0 and m["best_lora_s_per_step"] > 0
     assert m["full_ft_peak_mb"] >= 0 and m["best_lora_peak_mb"] >= 0
+    assert m["notebook_cpu_seconds"] > 0
     figures = Path(r.report_path).with_name("Q3_peft_figures")
     assert {p.name for p in figures.glob("*.png")} >= {"val_loss_vs_trainable_params.png",
                                                        "training_loss.png"}
