@@ -186,3 +186,20 @@ def evaluate_lm(model: nn.Module, loader, device: torch.device | str = "cpu") ->
     if count == 0:
         raise ValueError("evaluate_lm got no tokens to score")
     return {"val_loss": total / count, "val_perplexity": math.exp(total / count)}
+
+
+@torch.no_grad()
+def generate_conditioned(model: GPT2, tokenizer, control_token: str, n: int, max_length: int,
+                         temperature: float = 1.0, top_k: int | None = None,
+                         top_p: float | None = None, generator: torch.Generator | None = None,
+                         device: torch.device | str = "cpu") -> list[str]:
+    """``n`` texts sampled after ``control_token`` (e.g. ``"<POS>"``), decoded without
+    special tokens; generation stops at ``<eos>``."""
+    control = tokenizer.convert_tokens_to_ids(control_token)
+    if control == tokenizer.unk_token_id or control is None:
+        raise ValueError(f"{control_token!r} is not a token of this tokenizer")
+    start = torch.full((n, 1), control, dtype=torch.long, device=device)
+    ids = model.generate(start, max_length, temperature, top_k, top_p,
+                         eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, generator=generator)
+    return [tokenizer.decode(row[1:], skip_special_tokens=True).strip() for row in ids.cpu()]

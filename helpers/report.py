@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,22 @@ def savefig(fig: Any, name: str, dpi: int = 120) -> Path:
     path = figure_dir() / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def show_texts(texts: Sequence[str], title: str = "", rtl: bool = True) -> None:
+    """Display texts as a numbered HTML list, right-to-left for Persian (plain print outside
+    IPython)."""
+    import html
+
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+    except ImportError:  # pragma: no cover
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
+        print(title, *[f"{i}. {t}" for i, t in enumerate(texts, 1)], sep="\n")
+        return
+    direction = ' dir="rtl" lang="fa"' if rtl else ""
+    items = "".join(f"<li>{html.escape(t)}</li>" for t in texts)
+    heading = f"<b>{html.escape(title)}</b>" if title else ""
+    display(HTML(f"<div{direction}>{heading}<ol>{items}</ol></div>"))

@@ -108,3 +108,52 @@ def train_sentiment_judge(texts: Sequence[str], labels: Sequence[int]):
     )
     judge = make_pipeline(features, LogisticRegression(max_iter=2000, C=4.0))
     return judge.fit(list(texts), list(labels))
+
+
+def controllability(samples: dict[int, Sequence[str]], judge) -> dict[str, float]:
+    """How well generated texts carry their requested label, and how varied they are.
+
+    ``samples`` maps the requested label to its generated texts. Returns
+    ``control_<label>`` (share the judge assigns to that label), ``distinct_1``,
+    ``distinct_2`` (over all texts) and ``mean_words``.
+    """
+    import numpy as np
+
+    from helpers.metrics import distinct_n
+
+    report = {f"control_{label}": float(np.mean(judge.predict(list(texts)) == label))
+              for label, texts in samples.items()}
+    every = [t for texts in samples.values() for t in texts]
+    report.update(distinct_1=distinct_n(every, 1), distinct_2=distinct_n(every, 2),
+                  mean_words=float(np.mean([len(t.split()) for t in every])))
+    return report
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of similar length, to waste little compute on padding.
+
+    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort
+    each pool by length, cut it into batches, and shuffle the batch order. Every index is
+    used once per epoch; the order depends on ``generator`` alone.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                 pool_batches: int = 50):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.generator = batch_size, generator
+        self.pool = batch_size * pool_batches
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator)
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start:start + self.pool]
+            pool = pool[self.lengths[pool].argsort(stable=True)]
+            batches += [pool[i:i + self.batch_size].tolist()
+                        for i in range(0, len(pool), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.pool)
+        return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)

@@ -1,6 +1,8 @@
 """helpers.gpt against Hugging Face's GPT2LMHeadModel with copied weights; generation,
 tokenizer, datasets and the sentiment judge."""
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -12,6 +14,8 @@ from helpers.gpt import GPT2, GPTConfig, evaluate_lm, lm_loss
 from helpers.metrics import distinct_n
 from helpers.text import (
     ConditionedTextDataset,
+    LengthBucketSampler,
+    controllability,
     pad_collate,
     read_labelled_csv,
     train_bpe_tokenizer,
@@ -141,3 +145,37 @@ def test_judge_and_distinct_n():
     assert distinct_n(["a b a b", "a b"], 1) == pytest.approx(2 / 6)
     assert distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)
     assert distinct_n([""], 2) == 0.0
+
+
+def test_controllability_report():
+    texts = ["خیلی خوب بود", "عالی و خوشمزه", "خوب و گرم", "بد بود", "خیلی بد و سرد", "افتضاح"] * 4
+    judge = train_sentiment_judge(texts, [1, 1, 1, 0, 0, 0] * 4)
+    report = controllability({1: ["خیلی خوب بود", "بد بود"], 0: ["افتضاح", "بد بود"]}, judge)
+    assert report["control_1"] == 0.5 and report["control_0"] == 1.0
+    assert report["mean_words"] == pytest.approx((3 + 2 + 1 + 2) / 4)
+    assert 0 < report["distinct_2"] <= 1
+
+
+def test_gpt2_notebook_at_smoke(smoke_run):
+    result = smoke_run("sharif-1404-hw3/Q2_gpt2_from_scratch.ipynb")
+    assert result.status == "ok", result.error
+    m = result.metrics
+    assert m["val_loss_last_epoch"] < math.log(600)  # better than uniform over the vocabulary
+    assert 1.0 < m["val_perplexity"] < 600
+    assert 0.6 < m["judge_test_accuracy"] <= 1.0
+    for key in ("control_accuracy_positive", "control_accuracy_negative", "distinct_2"):
+        assert 0.0 <= m[key] <= 1.0
+
+
+def test_length_bucket_sampler_covers_everything_once_and_groups_lengths():
+    lengths = torch.randint(1, 100, (1000,)).tolist()
+    sampler = LengthBucketSampler(lengths, 32, torch.Generator().manual_seed(0), pool_batches=8)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    random_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b)
+                        for b in [list(range(k, min(k + 32, 1000))) for k in range(0, 1000, 32)])
+    assert spread < random_spread / 3
+    again = list(LengthBucketSampler(lengths, 32, torch.Generator().manual_seed(0), pool_batches=8))
+    assert again == batches
