@@ -335,8 +335,8 @@ def model_path(name: str, profile: str = "small", download: bool = True) -> Reso
 
 def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
                       ) -> tuple[list[str], list[str]]:
-    """Datasets and models the notebooks name at ``profile``: config values under keys
-    ending in ``dataset``/``datasets`` or ``model``. ``tables`` maps question -> table
+    """Datasets and models the notebooks name at ``profile``: string config values under
+    keys ending in ``dataset``/``datasets`` or ``model``. ``tables`` maps question -> table
     (default: every ``helpers/configs/*.toml``)."""
     from helpers import profiles
 
@@ -347,6 +347,8 @@ def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
     for per_profile in tables.values():
         for key, value in per_profile[profile].items():
             values = value if isinstance(value, list | tuple) else [value]
+            if not values or not all(isinstance(v, str) for v in values):
+                continue  # sizes such as d_model are numbers, not asset names
             if key.endswith(("dataset", "datasets")):
                 datasets.update(str(v) for v in values)
             elif key.endswith("model"):

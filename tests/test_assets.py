@@ -106,7 +106,8 @@ def test_shared_data_matches_the_layout_contract(offline, monkeypatch, name):
 def test_assets_of_profile_reads_config_keys():
     from helpers import profiles
 
-    fake = {p: {"train_dataset": "imdb", "encoder_model": "all-MiniLM-L6-v2", "epochs": 1}
+    fake = {p: {"train_dataset": "imdb", "encoder_model": "all-MiniLM-L6-v2", "epochs": 1,
+                "d_model": 32}
             for p in profiles.PROFILES}
     datasets, models = assets.assets_of_profile("small", {"fake_question": fake})
     assert datasets == ["imdb"] and models == ["all-MiniLM-L6-v2"]
