@@ -37,3 +37,15 @@ def smoke_run(tmp_path_factory):
         return cache[relative]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smoke_metrics(smoke_run):
+    """``smoke_metrics("<assignment-id>/<name>.ipynb") -> dict``: the smoke run must succeed;
+    returns the metrics it recorded."""
+    def get(relative: str) -> dict:
+        result = smoke_run(relative)
+        assert result.status == "ok", result.error
+        return result.metrics
+
+    return get

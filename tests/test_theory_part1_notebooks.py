@@ -4,81 +4,75 @@ each runs at profile smoke and records the checks it asserted."""
 import pytest
 
 
-def _ok(smoke_run, name):
-    result = smoke_run(name)
-    assert result.status == "ok", result.error
-    return result.metrics
-
-
-def test_lstm_gradients(smoke_run):
-    m = _ok(smoke_run, "sharif-1402-hw3/T1_lstm_gradients.ipynb")
+def test_lstm_gradients(smoke_metrics):
+    m = smoke_metrics("sharif-1402-hw3/T1_lstm_gradients.ipynb")
     assert m["max_abs_error"] < 1e-12 and m["forward_error"] < 1e-12
     assert m["gradcheck_passed"] is True
     assert m["wrong_derivation_error"] > 1e-3
 
 
-def test_attention_scaling(smoke_run):
-    m = _ok(smoke_run, "sharif-1402-hw3/T2_attention_scaling.ipynb")
+def test_attention_scaling(smoke_metrics):
+    m = smoke_metrics("sharif-1402-hw3/T2_attention_scaling.ipynb")
     assert m["max_rel_variance_error"] < 0.15
     assert m["max_weight_unscaled"] > 0.9 > m["max_weight_scaled"]
     assert m["jacobian_ratio"] > 2.5
 
 
 @pytest.mark.parametrize("assignment", ["sharif-1402-hw3", "sharif-1404-hw3"])
-def test_multihead_attention(smoke_run, assignment):
-    m = _ok(smoke_run, f"{assignment}/T3_multihead_attention.ipynb")
+def test_multihead_attention(smoke_metrics, assignment):
+    m = smoke_metrics(f"{assignment}/T3_multihead_attention.ipynb")
     assert m["max_abs_error"] < 1e-6
     assert m["single_head_within_005"] < 0.3 < 0.85 < m["two_heads_within_005"]
     assert m["single_head_extreme_fraction"] > 0.6
 
 
-def test_vit_resolution(smoke_run):
-    m = _ok(smoke_run, "sharif-1402-hw3/T4_vit_resolution.ipynb")
+def test_vit_resolution(smoke_metrics):
+    m = smoke_metrics("sharif-1402-hw3/T4_vit_resolution.ipynb")
     assert m["max_abs_error"] < 1e-5 and m["old_model_refused_new_size"] is True
     assert m["new_sequence_length"] == 1 + (48 // 8) ** 2
 
 
-def test_sinusoidal_shift(smoke_run):
-    m = _ok(smoke_run, "sharif-1402-hw3/T5_sinusoidal_shift.ipynb")
+def test_sinusoidal_shift(smoke_metrics):
+    m = smoke_metrics("sharif-1402-hw3/T5_sinusoidal_shift.ipynb")
     assert m["max_abs_error"] < 1e-9
     assert m["orthogonality_error"] < 1e-12 and m["power_error"] < 1e-9
 
 
-def test_lstm_bptt(smoke_run):
-    m = _ok(smoke_run, "sharif-1404-hw3/T1_lstm_bptt.ipynb")
+def test_lstm_bptt(smoke_metrics):
+    m = smoke_metrics("sharif-1404-hw3/T1_lstm_bptt.ipynb")
     assert m["max_abs_error"] < 1e-10 and m["seq_len"] >= 5
     assert 0 < m["cell_gradient_decay"] < 1
 
 
-def test_self_attention_as_fc(smoke_run):
-    m = _ok(smoke_run, "sharif-1404-hw3/T2_self_attention_as_fc.ipynb")
+def test_self_attention_as_fc(smoke_metrics):
+    m = smoke_metrics("sharif-1404-hw3/T2_self_attention_as_fc.ipynb")
     assert m["max_abs_error"] < 1e-9 and m["pe_shift_error"] < 1e-9
     assert m["dense_parameters"] == (4 * 3) ** 2  # smoke: N = 4, D = 3
     assert m["attention_parameters"] == 3 * 3 + 2 * 3 * 2
 
 
-def test_kv_cache(smoke_run):
-    m = _ok(smoke_run, "sharif-1404-hw3/T4_kv_cache.ipynb")
+def test_kv_cache(smoke_metrics):
+    m = smoke_metrics("sharif-1404-hw3/T4_kv_cache.ipynb")
     assert m["flops_formula_matches"] is True and m["cache_numel_matches"] is True
     assert m["flops_ratio_no_cache_over_cache"] == pytest.approx(1024, rel=0.01)
     assert m["decode_speedup"] > 0
 
 
-def test_bert_gpt_peft(smoke_run):
-    m = _ok(smoke_run, "sharif-1404-hw3/T5_bert_gpt_peft.ipynb")
+def test_bert_gpt_peft(smoke_metrics):
+    m = smoke_metrics("sharif-1404-hw3/T5_bert_gpt_peft.ipynb")
     assert m["lora_count_mismatches"] == 0
     assert m["init_difference"] == 0 and m["grad_A_at_init"] == 0 and m["grad_B_at_init"] > 0
     assert m["merge_error"] < 1e-10
 
 
-def test_attention_convolution(smoke_run):
-    m = _ok(smoke_run, "sharif-1404-hw3/T6_attention_convolution.ipynb")
+def test_attention_convolution(smoke_metrics):
+    m = smoke_metrics("sharif-1404-hw3/T6_attention_convolution.ipynb")
     assert m["max_abs_error"] < 1e-8 < m["first_alpha_error"]
     assert m["dilation_stride_error"] < 1e-8
 
 
-def test_answer_sheet_review(smoke_run):
-    m = _ok(smoke_run, "answer-sheet-402/review.ipynb")
+def test_answer_sheet_review(smoke_metrics):
+    m = smoke_metrics("answer-sheet-402/review.ipynb")
     assert m["claims_checked"] == m["claims_wrong"] + m["claims_correct"] >= 25
     assert m["claims_wrong"] >= 15 and m["claims_correct"] >= 5
     assert m["gradient_error"] < 1e-12
