@@ -58,3 +58,76 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts)
              for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+# ---------------------------------------------------------------------------- captioning
+
+def _caption_tokens(text: str) -> list[str]:
+    """Lower-cased words (letters, digits, apostrophes) of a caption; punctuation dropped."""
+    import re
+
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _max_bleu(prediction: list[str], references: list[list[str]], n: int) -> float:
+    """Sentence BLEU-n (uniform weights over 1..n-grams, nltk smoothing ``method1``: an
+    epsilon of 0.1 for a zero n-gram count) against each reference alone; the maximum."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    if not prediction:
+        return 0.0
+    smooth = SmoothingFunction().method1
+    weights = tuple([1.0 / n] * n)
+    return max(float(sentence_bleu([ref], prediction, weights=weights,
+                                   smoothing_function=smooth)) for ref in references)
+
+
+def _max_bertscore(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                   model: str, num_layers: int | None, batch_size: int) -> np.ndarray:
+    """BERTScore F1 (no baseline rescaling) of every (prediction, reference) pair; per
+    prediction the maximum over its references ``(n,)``."""
+    import bert_score
+
+    cands = [p for p, refs in zip(predictions, references, strict=True) for _ in refs]
+    refs = [r for rs in references for r in rs]
+    _, _, f1 = bert_score.score(cands, refs, model_type=model, num_layers=num_layers,
+                                rescale_with_baseline=False, batch_size=batch_size,
+                                verbose=False)
+    out, pos = [], 0
+    for rs in references:
+        out.append(float(f1[pos:pos + len(rs)].max()))
+        pos += len(rs)
+    return np.asarray(out)
+
+
+def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                    bertscore_model: str | None = None, bertscore_layers: int | None = None,
+                    batch_size: int = 64) -> dict[str, float]:
+    """ROUGE-1/2 F1, BLEU-1..4 and BERTScore F1 of ``predictions`` (n,) against ``references``
+    (n lists of reference captions); each prediction is scored against each of its references
+    and the maximum is kept, then the mean over predictions is returned.
+
+    BLEU: nltk sentence BLEU on lower-cased word tokens (punctuation dropped), cumulative
+    uniform weights, ``SmoothingFunction().method1``. ROUGE: ``rouge-score`` F-measure, no
+    stemming. BERTScore: ``bert-score`` F1 with model ``bertscore_model`` (a name or a local
+    path; layer ``bertscore_layers``), no baseline rescaling; NaN when ``bertscore_model`` is None.
+    """
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("every prediction needs at least one reference")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
+    rows = {k: [] for k in ("rouge1", "rouge2", "bleu1", "bleu2", "bleu3", "bleu4")}
+    for pred, refs in zip(predictions, references, strict=True):
+        for key in ("rouge1", "rouge2"):
+            rows[key].append(max(scorer.score(r, pred)[key].fmeasure for r in refs))
+        tokens, ref_tokens = _caption_tokens(pred), [_caption_tokens(r) for r in refs]
+        for n in range(1, 5):
+            rows[f"bleu{n}"].append(_max_bleu(tokens, ref_tokens, n))
+    out = {k: float(np.mean(v)) for k, v in rows.items()}
+    out["bertscore_f1"] = (float("nan") if bertscore_model is None else float(np.mean(
+        _max_bertscore(predictions, references, bertscore_model, bertscore_layers,
+                       batch_size))))
+    return out

