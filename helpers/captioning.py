@@ -234,19 +234,29 @@ def caption_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
 
 
 def caption_batches(features: Tensor, captions: Sequence[Sequence[str]], vocab: CaptionVocab,
-                    batch_size: int, max_len: int, seed: int = 0,
+                    batch_size: int, max_len: int, seed: int = 0, bucket: int = 1,
                     ) -> Callable[[int], Iterator[Batch]]:
     """``epoch -> batches`` for :func:`helpers.training.fit`: each epoch every image appears once,
     in a shuffled order, with one of its captions drawn at random (seeded by ``seed`` and the
-    epoch)."""
+    epoch). With ``bucket > 1``, each run of ``bucket * batch_size`` shuffled images is sorted
+    by caption length before it is cut into batches (less padding), and the batches are
+    shuffled."""
     def batches(epoch: int) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(features), generator=gen).tolist()
         picks = torch.randint(0, 1 << 30, (len(features),), generator=gen).tolist()
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            texts = [captions[i][picks[i] % len(captions[i])] for i in idx]
-            ids, mask = vocab.encode_batch(texts, max_len)
+        texts = {i: captions[i][picks[i] % len(captions[i])] for i in order}
+        groups = []
+        pool = batch_size * max(1, bucket)
+        for start in range(0, len(order), pool):
+            chunk = order[start:start + pool]
+            if bucket > 1:
+                chunk = sorted(chunk, key=lambda i: len(texts[i].split()))
+            groups += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        if bucket > 1:
+            groups = [groups[k] for k in torch.randperm(len(groups), generator=gen).tolist()]
+        for idx in groups:
+            ids, mask = vocab.encode_batch([texts[i] for i in idx], max_len)
             yield features[idx], ids, mask
 
     return batches
@@ -290,17 +300,20 @@ def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
 
 # ------------------------------------------------------------------------------- metrics
 
-def corpus_bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus-level BLEU-4 against all references (the COCO-caption way: clipped n-gram counts
-    pooled over the corpus, closest reference length for the brevity penalty), no smoothing."""
-    from nltk.translate.bleu_score import corpus_bleu
+def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                n: int = 4) -> float:
+    """Corpus-level BLEU-n against all references (the COCO-caption way: clipped n-gram counts,
+    each clipped by its largest count in any one reference, pooled over the corpus; closest
+    reference length for the brevity penalty; uniform weights over 1..n-grams), no smoothing."""
+    from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
     from helpers.metrics import _caption_tokens
 
     with warnings.catch_warnings():  # a zero n-gram count is a legitimate BLEU of 0 here
         warnings.simplefilter("ignore", UserWarning)
-        return float(corpus_bleu([[_caption_tokens(r) for r in refs] for refs in references],
-                                 [_caption_tokens(p) for p in predictions]))
+        return float(nltk_corpus_bleu(
+            [[_caption_tokens(r) for r in refs] for refs in references],
+            [_caption_tokens(p) for p in predictions], weights=tuple([1.0 / n] * n)))
 
 
 SKIP_WORDS = frozenset((

@@ -71,10 +71,14 @@ def test_bertscore_offline_minilm():
     assert other["bertscore_f1"] < same["bertscore_f1"] - 0.1
 
 
-def test_corpus_bleu4():
+def test_corpus_bleu():
     refs = [["a dog runs on the green grass", "a dog"], ["two kids play in the blue water"]]
-    assert captioning.corpus_bleu4([r[0] for r in refs], refs) == pytest.approx(1.0)
-    assert captioning.corpus_bleu4(["a cat", "a cat"], refs) < 0.1
+    assert captioning.corpus_bleu([r[0] for r in refs], refs) == pytest.approx(1.0)
+    assert captioning.corpus_bleu(["a cat", "a cat"], refs) < 0.1
+    # BLEU-1 by hand: "a dog" matches 2 of 2 ("a dog" is a reference: r = 2), "two kids swim"
+    # matches 2 of 3 against r = 7 -> p1 = 4/5, c = 5, r = 9, BP = exp(1 - 9/5)
+    bleu1 = captioning.corpus_bleu(["a dog", "two kids swim"], refs, n=1)
+    assert bleu1 == pytest.approx(4 / 5 * math.exp(1 - 9 / 5))
 
 
 # ---------------------------------------------------------------------------- captioning
@@ -147,6 +151,13 @@ def test_caption_batches_one_caption_per_image():
     images = torch.cat([f.view(-1) for f, _, _ in make(1)]).long().tolist()
     assert sorted(images) == list(range(10))                        # each image once
     assert all(t.startswith(f"img{i} ") for i, t in zip(images, vocab.seen, strict=True))
+    vocab.seen = []
+    caps_len = [[" ".join(["w"] * (i + 1))] for i in range(10)]   # image i: i + 1 words
+    bucketed = captioning.caption_batches(feats, caps_len, vocab, batch_size=2, max_len=8,
+                                          seed=0, bucket=5)
+    groups = [f.view(-1).long().tolist() for f, _, _ in bucketed(1)]
+    assert sorted(sum(groups, [])) == list(range(10))
+    assert all(abs(a - b) <= 2 for a, b in groups)  # sorted by length within a pool of 10
     vocab.seen = []
     list(make(1))
     first = list(vocab.seen)
