@@ -51,6 +51,45 @@ def newline_token_ids(tokenizer) -> Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def sample_next(logits: Tensor, top_p: float | None = None, top_k: int | None = None,
+                generator: torch.Generator | None = None, shortlist: int = 64) -> Tensor:
+    """One token per row from ``softmax(logits)`` restricted to the top-k and the nucleus of
+    mass ``top_p`` (as :func:`helpers.generation.filter_logits`), ``(rows, vocab) -> (rows,)``.
+
+    Rows whose nucleus lies within their ``shortlist`` most likely tokens are sampled from
+    that shortlist (the same distribution, without sorting the whole vocabulary); the
+    others fall back to the full filter.
+    """
+    rows = len(logits)
+    small_top_k = top_k is not None and 0 < top_k <= shortlist
+    k = min(top_k if small_top_k else shortlist, logits.shape[-1])
+    values, index = logits.topk(k, dim=-1)  # (rows, k), most likely first
+    if small_top_k:  # the shortlist is the whole top-k set
+        base_lse = values.logsumexp(-1)
+    else:
+        base = filter_logits(logits, top_k) if top_k else logits
+        base_lse = base.logsumexp(-1)
+    probs = (values - base_lse[:, None]).exp()  # the shortlist's probabilities, (rows, k)
+    nucleus = top_p is not None and top_p < 1.0
+    if small_top_k:
+        covered = torch.ones(rows, dtype=torch.bool, device=logits.device)
+        if nucleus:
+            probs = probs / probs.sum(-1, keepdim=True)
+    else:
+        covered = probs.sum(-1) >= top_p if nucleus else torch.zeros(
+            rows, dtype=torch.bool, device=logits.device)
+    if nucleus:  # as filter_logits: drop tokens once the mass before them reaches top_p
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+    next_ids = torch.empty(rows, dtype=torch.long, device=logits.device)
+    if covered.any():
+        drawn = torch.multinomial(probs[covered], 1, generator=generator)
+        next_ids[covered] = index[covered].gather(-1, drawn).squeeze(-1)
+    if not covered.all():
+        full = filter_logits(logits[~covered], top_k, top_p).softmax(-1)
+        next_ids[~covered] = torch.multinomial(full, 1, generator=generator).squeeze(-1)
+    return next_ids
+
+
 def _stop_ids(tokenizer) -> list[int]:
     eos = tokenizer.eos_token_id
     ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -68,11 +107,12 @@ def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 @torch.inference_mode()
 def _generate_batch(model: nn.Module, tokenizer, rows: Sequence[Sequence[int]], prefix_cache,
-                    prefix_len: int, max_new_tokens: int, temperature: float,
+                    prefix_len: int, repeats: int, max_new_tokens: int, temperature: float,
                     top_p: float | None, top_k: int | None, is_newline: Tensor,
                     generator: torch.Generator | None) -> list[Completion]:
-    """Continue ``rows`` (prompt ids after the shared prefix whose KV cache is
-    ``prefix_cache``); rows are left-padded, so padding sits between prefix and row."""
+    """``repeats`` continuations of every row of ``rows`` (prompt ids after the shared prefix
+    whose KV cache is ``prefix_cache``), in row-major order. Rows are left-padded (padding
+    sits between prefix and row) and read once; their caches are then repeated."""
     import copy
 
     from transformers import DynamicCache
@@ -90,20 +130,24 @@ def _generate_batch(model: nn.Module, tokenizer, rows: Sequence[Sequence[int]], 
     else:
         cache = DynamicCache()
     stop = torch.tensor(_stop_ids(tokenizer), device=device)
+    n *= repeats
     alive = torch.arange(n, device=device)  # original row of every batch row
     tokens: list[list[int]] = [[] for _ in range(n)]
     logprobs = [0.0] * n
     finish = ["length"] * n
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()  # (rows, vocab)
+        if step == 0 and repeats > 1:  # the prompt was read once; now one row per sample
+            cache.batch_repeat_interleave(repeats)
+            logits, mask, step_pos = (t.repeat_interleave(repeats, 0)
+                                      for t in (logits, mask, step_pos))
         if temperature <= 0:
             next_ids = logits.argmax(-1)
         else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            next_ids = sample_next(logits / temperature, top_p, top_k, generator)
         chosen = logits.log_softmax(-1).gather(-1, next_ids[:, None]).squeeze(-1)
         done = torch.isin(next_ids, stop)
         newline = is_newline[next_ids] & ~done
@@ -165,18 +209,19 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tok
         with torch.inference_mode():
             prefix_cache = model(input_ids=torch.tensor([encoded[0][:prefix_len]], device=device),
                                  use_cache=True).past_key_values
-    flat = [ids[prefix_len:] for ids in encoded for _ in range(num_samples)]
+    rows = [ids[prefix_len:] for ids in encoded]
     # longest prompts together: less padding, and rows of a batch finish at similar times
-    order = sorted(range(len(flat)), key=lambda i: -len(flat[i]))
-    results: list[Completion | None] = [None] * len(flat)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        done = _generate_batch(model, tokenizer, [flat[i] for i in chunk], prefix_cache,
-                               prefix_len, max_new_tokens, temperature, top_p, top_k,
-                               is_newline, generator)
-        for i, completion in zip(chunk, done, strict=True):
-            results[i] = completion
-    return [results[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    per_batch = max(1, batch_size // num_samples)  # prompts per batch
+    results: list[list[Completion]] = [[] for _ in prompts]
+    for start in range(0, len(order), per_batch):
+        chunk = order[start:start + per_batch]
+        done = _generate_batch(model, tokenizer, [rows[i] for i in chunk], prefix_cache,
+                               prefix_len, num_samples, max_new_tokens, temperature, top_p,
+                               top_k, is_newline, generator)
+        for j, i in enumerate(chunk):
+            results[i] = done[j * num_samples:(j + 1) * num_samples]
+    return results
 
 
 def chat_prompt(tokenizer, user: str, system: str | None = None,
@@ -444,25 +489,27 @@ _THINGS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "coin
 _BOXES = (("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", "jars"))
 
 #: the generated difficulty levels, easiest first
-ARITHMETIC_LEVELS = ("1 step, 1 digit", "1 step, 2 digits", "1 step, multiply", "2 steps")
+ARITHMETIC_LEVELS = ("add/subtract 1-digit", "add/subtract 2- and 1-digit",
+                     "add/subtract 2-digit", "multiply 1-digit", "2 steps")
 
 
 def _arithmetic_problem(level: str, rng) -> tuple[str, int]:
     name, thing, (box, boxes) = rng.choice(_NAMES), rng.choice(_THINGS), rng.choice(_BOXES)
     add = rng.random() < 0.5
-    if level in ARITHMETIC_LEVELS[:2]:
-        low, high = (2, 9) if level == ARITHMETIC_LEVELS[0] else (11, 99)
-        a, b = rng.randint(low, high), rng.randint(low, high)
+    if level in ARITHMETIC_LEVELS[:3]:
+        digits = {0: ((2, 9), (2, 9)), 1: ((11, 99), (2, 9)), 2: ((11, 99), (11, 99))}
+        (a_low, a_high), (b_low, b_high) = digits[ARITHMETIC_LEVELS.index(level)]
+        a, b = rng.randint(a_low, a_high), rng.randint(b_low, b_high)
         if add:
             return f"{name} has {a} {thing} and gets {b} more. How many {thing} does " \
                    f"{name} have now?", a + b
-        a, b = max(a, b) + (a == b), min(a, b)
+        a, b = max(a, b), min(a, b) - (a == b)  # a positive difference, digits kept
         return f"{name} has {a} {thing} and gives away {b}. How many {thing} does " \
                f"{name} have left?", a - b
-    if level == ARITHMETIC_LEVELS[2]:
+    if level == ARITHMETIC_LEVELS[3]:
         a, b = rng.randint(2, 9), rng.randint(2, 9)
         return f"Each {box} holds {a} {thing}. How many {thing} are in {b} {boxes}?", a * b
-    if level == ARITHMETIC_LEVELS[3]:
+    if level == ARITHMETIC_LEVELS[4]:
         a, b, c = rng.randint(10, 30), rng.randint(2, 9), rng.randint(2, 9)
         if add:
             return f"{name} has {a} {thing}, gets {b} more and then gives away {c}. How many " \
@@ -709,12 +756,13 @@ def review_verdict(reply: str) -> str:
 
 def self_refine(solver: Solver, problems: Sequence[Problem], initial: Sequence[Attempt],
                 rounds: int = 2, review_prompt: str = REVIEW_PROMPT,
-                refine_prompt: str = REFINE_PROMPT,
-                review_tokens: int = 4) -> tuple[list[Attempt], list[list[str]]]:
+                refine_prompt: str = REFINE_PROMPT, review_tokens: int = 4,
+                always_refine: bool = False) -> tuple[list[Attempt], list[list[str]]]:
     """Self-refinement from the ``initial`` solutions (their cost is included): each round the
     model reviews every open solution (an answer continuing ``NEEDS_REFINE:``, greedy,
     ``review_tokens`` tokens); a ``yes`` gets a greedy rewrite, anything else closes the
-    problem. Returns the attempts and every problem's verdicts."""
+    problem. ``always_refine`` skips the review and rewrites every solution every round (to
+    see what the rewrite alone does). Returns the attempts and every problem's verdicts."""
     texts = [a.text for a in initial]
     finishes = [a.finish for a in initial]
     tokens = [a.n_tokens for a in initial]
@@ -724,16 +772,11 @@ def self_refine(solver: Solver, problems: Sequence[Problem], initial: Sequence[A
     for _ in range(rounds):
         if not open_:
             break
-        reviews = solver.complete([chat_prompt(solver.tokenizer, review_prompt.format(
-            question=problems[i].question, solution=texts[i]), assistant_prefix="NEEDS_REFINE:")
-            for i in open_], max_new_tokens=review_tokens)
-        refine = []
-        for i, (c,) in zip(open_, reviews, strict=True):
-            tokens[i] += c.n_tokens
-            calls[i] += 1
-            verdicts[i].append(review_verdict(c.text))
-            if verdicts[i][-1] == "yes":
-                refine.append(i)
+        if always_refine:
+            refine = open_
+        else:
+            refine = _review(solver, problems, texts, open_, review_prompt, review_tokens,
+                             tokens, calls, verdicts)
         outs = solver.complete([solver.prompt(refine_prompt.format(
             question=problems[i].question, solution=texts[i])) for i in refine]) if refine else []
         for i, (c,) in zip(refine, outs, strict=True):
@@ -741,9 +784,27 @@ def self_refine(solver: Solver, problems: Sequence[Problem], initial: Sequence[A
             tokens[i] += c.n_tokens
             calls[i] += 1
         open_ = refine
-    attempts = [Attempt(p, "self-refine", texts[i], finishes[i], tokens[i], calls[i])
+    name = "refine without review" if always_refine else "self-refine"
+    attempts = [Attempt(p, name, texts[i], finishes[i], tokens[i], calls[i])
                 for i, p in enumerate(problems)]
     return attempts, verdicts
+
+
+def _review(solver: Solver, problems: Sequence[Problem], texts: list[str], open_: list[int],
+            review_prompt: str, review_tokens: int, tokens: list[int], calls: list[int],
+            verdicts: list[list[str]]) -> list[int]:
+    """Ask for a verdict on every open solution (costs added in place); those judged ``yes``."""
+    reviews = solver.complete([chat_prompt(solver.tokenizer, review_prompt.format(
+        question=problems[i].question, solution=texts[i]), assistant_prefix="NEEDS_REFINE:")
+        for i in open_], max_new_tokens=review_tokens)
+    flagged = []
+    for i, (c,) in zip(open_, reviews, strict=True):
+        tokens[i] += c.n_tokens
+        calls[i] += 1
+        verdicts[i].append(review_verdict(c.text))
+        if verdicts[i][-1] == "yes":
+            flagged.append(i)
+    return flagged
 
 
 def attempts_frame(attempts: Sequence[Attempt]):

@@ -74,7 +74,7 @@ def test_stop_at_newline_ends_after_the_first_line_break(tiny):
     model, tokenizer = tiny
     newline = R.newline_token_ids(tokenizer)
     assert len(newline) > 0 and all("\n" in tokenizer.decode([i]) for i in newline.tolist())
-    outs = R.generate(model, tokenizer, PROMPTS, max_new_tokens=30, num_samples=4,
+    outs = R.generate(model, tokenizer, PROMPTS, max_new_tokens=40, num_samples=16,
                       temperature=1.5, stop_at_newline=True, newline_ids=newline,
                       generator=torch.Generator().manual_seed(0))
     for completion in (c for s in outs for c in s):
@@ -83,6 +83,35 @@ def test_stop_at_newline_ends_after_the_first_line_break(tiny):
         assert not any("\n" in piece for piece in pieces[:-1])
         assert ("\n" in pieces[-1]) == (completion.finish == "newline")
     assert any(c.finish == "newline" for s in outs for c in s)
+
+
+@pytest.mark.parametrize(("top_p", "top_k", "shortlist"), [
+    (0.9, None, 64),   # nucleus inside the shortlist: the fast path
+    (0.9, None, 3),    # nucleus wider than the shortlist: the full-vocabulary fallback
+    (None, 5, 3),      # top-k beyond the shortlist
+    (None, 4, 64),
+    (0.7, 4, 64),      # top-k, then the nucleus of the renormalised top-k
+    (0.8, 10, 3),      # both, wider than the shortlist
+    (0.5, 10, 8),      # both; the nucleus fits in the shortlist
+])
+def test_sample_next_draws_from_the_filtered_distribution(top_p, top_k, shortlist):
+    from helpers.generation import filter_logits
+
+    logits = torch.linspace(0.0, 3.0, 12).repeat(4000, 1)
+    drawn = R.sample_next(logits, top_p, top_k, torch.Generator().manual_seed(0), shortlist)
+    expected = filter_logits(logits[:1], top_k, top_p).softmax(-1)[0]
+    frequency = torch.bincount(drawn, minlength=12).double() / len(drawn)
+    torch.testing.assert_close(frequency, expected.double(), atol=0.03, rtol=0)
+    assert set(drawn.tolist()) == set(expected.nonzero().squeeze(-1).tolist())
+
+
+def test_samples_share_their_prompt_but_not_their_draws(tiny):
+    model, tokenizer = tiny
+    (samples,) = R.generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, num_samples=6,
+                            temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert len(samples) == 6 and len({c.text for c in samples}) > 1
+    (greedy,) = R.generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, num_samples=3)
+    assert len({(c.text, round(c.logprob, 4)) for c in greedy}) == 1
 
 
 def test_generate_rejects_bad_sizes(tiny):
@@ -161,9 +190,10 @@ def test_arithmetic_problems_are_seeded_and_their_answers_are_right():
     for p in problems:
         a, b, *rest = map(int, re.findall(r"\d+", p.question))
         level = R.ARITHMETIC_LEVELS.index(p.level)
-        if level < 2:
+        if level < 3:
             expected = a + b if "more" in p.question else a - b
-        elif level == 2:
+            assert (a > 9, b > 9) == [(False, False), (True, False), (True, True)][level]
+        elif level == 3:
             expected = a * b
         else:
             expected = a + b - rest[0] if "gives away" in p.question else rest[0] + a * b
