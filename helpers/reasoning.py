@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from helpers import runtime
 from helpers.generation import filter_logits
 
 # ---------------------------------------------------------------------------- generation
@@ -182,8 +183,8 @@ def _generate_batch(model: nn.Module, tokenizer, rows: Sequence[Sequence[int]], 
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 0.0, top_p: float | None = None,
              top_k: int | None = None, stop_at_newline: bool = False, batch_size: int = 16,
-             generator: torch.Generator | None = None,
-             newline_ids: Tensor | None = None) -> list[list[Completion]]:
+             generator: torch.Generator | None = None, newline_ids: Tensor | None = None,
+             desc: str | None = None) -> list[list[Completion]]:
     """``num_samples`` completions of every prompt (``temperature`` 0: greedy).
 
     Prompts are already formatted text (see :func:`chat_prompt`). The token prefix shared by
@@ -191,14 +192,16 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tok
     KV cache reused by every row; the rest is left-padded and generated ``batch_size`` rows
     at a time. With ``stop_at_newline`` a completion ends after the first token containing a
     line break (one reasoning step); pass ``newline_ids`` (from :func:`newline_token_ids`) to
-    avoid recomputing them. Returns ``[prompt][sample]``.
+    avoid recomputing them. ``desc`` shows a progress bar over the batches. Returns
+    ``[prompt][sample]``.
     """
     if max_new_tokens < 1 or num_samples < 1 or batch_size < 1:
         raise ValueError("max_new_tokens, num_samples and batch_size must be positive")
     if not prompts:
         return []
     device = next(model.parameters()).device
-    is_newline = torch.zeros(len(tokenizer), dtype=torch.bool, device=device)
+    vocab = max(len(tokenizer), getattr(model.config, "vocab_size", 0) or 0)  # padded heads
+    is_newline = torch.zeros(vocab, dtype=torch.bool, device=device)
     if stop_at_newline:
         ids = newline_ids if newline_ids is not None else newline_token_ids(tokenizer)
         is_newline[ids.to(device)] = True
@@ -214,7 +217,8 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tok
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     per_batch = max(1, batch_size // num_samples)  # prompts per batch
     results: list[list[Completion]] = [[] for _ in prompts]
-    for start in range(0, len(order), per_batch):
+    starts = range(0, len(order), per_batch)
+    for start in runtime.progress(starts, desc) if desc else starts:
         chunk = order[start:start + per_batch]
         done = _generate_batch(model, tokenizer, [rows[i] for i in chunk], prefix_cache,
                                prefix_len, num_samples, max_new_tokens, temperature, top_p,
@@ -612,9 +616,9 @@ class Attempt:
     finish: str
     n_tokens: int
     n_calls: int
-    answer: str | None = None
-    answer_source: str = "none"
-    correct: bool = False
+    answer: str | None = field(init=False, default=None)
+    answer_source: str = field(init=False, default="none")
+    correct: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.answer, self.answer_source = find_answer(self.text)
@@ -632,7 +636,7 @@ class Attempt:
 
 def chain_of_thought(solver: Solver, problems: Sequence[Problem]) -> list[Attempt]:
     """One greedy step-by-step solution per problem."""
-    outs = solver.complete([solver.prompt(p.question) for p in problems])
+    outs = solver.complete([solver.prompt(p.question) for p in problems], desc="chain of thought")
     return [Attempt(p, "chain of thought", c.text, c.finish, c.n_tokens, 1)
             for p, (c,) in zip(problems, outs, strict=True)]
 
@@ -642,7 +646,7 @@ def sample_solutions(solver: Solver, problems: Sequence[Problem],
     """``n`` sampled solutions per problem (``[problem][sample]``), shared by best-of-N and
     majority vote so that both are scored on the same samples."""
     return solver.complete([solver.prompt(p.question) for p in problems], sample=True,
-                           num_samples=n)
+                           num_samples=n, desc=f"{n} samples per problem")
 
 
 def best_of_n(problems: Sequence[Problem], samples: Sequence[Sequence[Completion]],
@@ -717,7 +721,7 @@ def stepwise_beam_search(solver: Solver, problems: Sequence[Problem], beam_width
         outs = solver.complete([solver.prompt(problems[i].question, beam.text)
                                 for i, beam in jobs], sample=True, num_samples=children,
                                max_new_tokens=step_tokens, stop_at_newline=True,
-                               newline_ids=newline_ids)
+                               newline_ids=newline_ids, desc=f"beam step {step + 1}")
         pools = [[beam for beam in pool if beam.done] for pool in beams]
         for (i, beam), completions in zip(jobs, outs, strict=True):
             for c in completions:
@@ -731,7 +735,7 @@ def stepwise_beam_search(solver: Solver, problems: Sequence[Problem], beam_width
     unfinished = [i for i, beam in enumerate(best) if not beam.done]
     if unfinished:
         outs = solver.complete([solver.prompt(problems[i].question, best[i].text)
-                                for i in unfinished])
+                                for i in unfinished], desc="finish unfinished beams")
         for i, (c,) in zip(unfinished, outs, strict=True):
             best[i] = _Beam(best[i].text + c.text, best[i].logprob + c.logprob, True, c.finish)
             tokens[i] += c.n_tokens
@@ -778,7 +782,8 @@ def self_refine(solver: Solver, problems: Sequence[Problem], initial: Sequence[A
             refine = _review(solver, problems, texts, open_, review_prompt, review_tokens,
                              tokens, calls, verdicts)
         outs = solver.complete([solver.prompt(refine_prompt.format(
-            question=problems[i].question, solution=texts[i])) for i in refine]) if refine else []
+            question=problems[i].question, solution=texts[i])) for i in refine],
+            desc="rewrite") if refine else []
         for i, (c,) in zip(refine, outs, strict=True):
             texts[i], finishes[i] = c.text, c.finish
             tokens[i] += c.n_tokens
@@ -796,7 +801,7 @@ def _review(solver: Solver, problems: Sequence[Problem], texts: list[str], open_
     """Ask for a verdict on every open solution (costs added in place); those judged ``yes``."""
     reviews = solver.complete([chat_prompt(solver.tokenizer, review_prompt.format(
         question=problems[i].question, solution=texts[i]), assistant_prefix="NEEDS_REFINE:")
-        for i in open_], max_new_tokens=review_tokens)
+        for i in open_], max_new_tokens=review_tokens, desc="review")
     flagged = []
     for i, (c,) in zip(open_, reviews, strict=True):
         tokens[i] += c.n_tokens

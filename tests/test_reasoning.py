@@ -285,3 +285,19 @@ def test_methods_run_end_to_end_on_a_tiny_model(tiny):
     frame = R.attempts_frame(cot + beam + refined)
     assert len(frame) == 6 and set(frame.outcome) <= {"correct", "wrong", "truncated",
                                                       "no answer"}
+
+
+# ---------------------------------------------------------------------------- notebook
+
+def test_q4_notebook_at_smoke(smoke_metrics):
+    m = smoke_metrics("sharif-1404-hw3/Q4_llm_reasoning.ipynb")
+    assert m["n_problems"] == 7 and m["best_of_n"] == 3  # 5 levels x 1 + 1 GSM8K + 1 MATH
+    for key in ("cot", "best_of_n", "majority", "beam", "self_refine", "refine_no_review"):
+        assert 0.0 <= m[f"{key}_accuracy"] <= 1.0
+        assert m[f"{key}_wall_s"] > 0
+    # costs: one greedy solution <= 16 tokens; three samples cost more than one solution
+    assert 1 <= m["cot_tokens"] <= 16
+    assert m["best_of_n_tokens"] == m["majority_tokens"] > m["cot_tokens"] * 1.5
+    assert m["self_refine_tokens"] > m["cot_tokens"] and m["refine_no_review_tokens"] > m[
+        "cot_tokens"]
+    assert m["beam_tokens"] > m["cot_tokens"]
