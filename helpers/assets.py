@@ -333,10 +333,14 @@ def model_path(name: str, profile: str = "small", download: bool = True) -> Reso
         f"Run {hint}, or run `make data PROFILE={profile}` while online.")
 
 
+RANDOM_MODEL_PREFIX = "tiny-random"  # config names of models built at random in code
+
+
 def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
                       ) -> tuple[list[str], list[str]]:
     """Datasets and models the notebooks name at ``profile``: string config values under
-    keys ending in ``dataset``/``datasets`` or ``model``. ``tables`` maps question -> table
+    keys ending in ``dataset``/``datasets`` or ``model``, except randomly initialised models
+    (names starting with :data:`RANDOM_MODEL_PREFIX`). ``tables`` maps question -> table
     (default: every ``helpers/configs/*.toml``)."""
     from helpers import profiles
 
@@ -352,7 +356,8 @@ def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
             if key.endswith(("dataset", "datasets")):
                 datasets.update(str(v) for v in values)
             elif key.endswith("model"):
-                models.update(str(v) for v in values)
+                # the smoke profile's random models are built by the notebooks, never fetched
+                models.update(str(v) for v in values if not v.startswith(RANDOM_MODEL_PREFIX))
     return sorted(datasets), sorted(models)
 
 

@@ -112,3 +112,5 @@ def test_assets_of_profile_reads_config_keys():
     datasets, models = assets.assets_of_profile("small", {"fake_question": fake})
     assert datasets == ["imdb"] and models == ["all-MiniLM-L6-v2"]
     assets.assets_of_profile("full")  # every real table parses
+    _, smoke_models = assets.assets_of_profile("smoke")  # random smoke models are not assets
+    assert smoke_models and not any(m.startswith("tiny-random") for m in smoke_models)
