@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -299,22 +298,6 @@ def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
 
 
 # ------------------------------------------------------------------------------- metrics
-
-def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                n: int = 4) -> float:
-    """Corpus-level BLEU-n against all references (the COCO-caption way: clipped n-gram counts,
-    each clipped by its largest count in any one reference, pooled over the corpus; closest
-    reference length for the brevity penalty; uniform weights over 1..n-grams), no smoothing."""
-    from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
-
-    from helpers.metrics import _caption_tokens
-
-    with warnings.catch_warnings():  # a zero n-gram count is a legitimate BLEU of 0 here
-        warnings.simplefilter("ignore", UserWarning)
-        return float(nltk_corpus_bleu(
-            [[_caption_tokens(r) for r in refs] for refs in references],
-            [_caption_tokens(p) for p in predictions], weights=tuple([1.0 / n] * n)))
-
 
 SKIP_WORDS = frozenset((
     "a", "an", "the", "two", "three", "four", "five", "several", "some", "one", "many", "group",

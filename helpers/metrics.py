@@ -131,3 +131,19 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         _max_bertscore(predictions, references, bertscore_model, bertscore_layers,
                        batch_size))))
     return out
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                n: int = 4) -> float:
+    """Corpus-level BLEU-n against all references (the COCO-caption way: clipped n-gram counts,
+    each clipped by its largest count in any one reference, pooled over the corpus; closest
+    reference length for the brevity penalty; uniform weights over 1..n-grams), no smoothing."""
+    import warnings
+
+    from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
+
+    with warnings.catch_warnings():  # a zero n-gram count is a legitimate BLEU of 0 here
+        warnings.simplefilter("ignore", UserWarning)
+        return float(nltk_corpus_bleu(
+            [[_caption_tokens(r) for r in refs] for refs in references],
+            [_caption_tokens(p) for p in predictions], weights=tuple([1.0 / n] * n)))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import assets, captioning, vit
+from helpers import assets, captioning, metrics, vit
 from helpers.metrics import caption_metrics
 
 KEYS = {"rouge1", "rouge2", "bleu1", "bleu2", "bleu3", "bleu4", "bertscore_f1"}
@@ -73,11 +73,11 @@ def test_bertscore_offline_minilm():
 
 def test_corpus_bleu():
     refs = [["a dog runs on the green grass", "a dog"], ["two kids play in the blue water"]]
-    assert captioning.corpus_bleu([r[0] for r in refs], refs) == pytest.approx(1.0)
-    assert captioning.corpus_bleu(["a cat", "a cat"], refs) < 0.1
+    assert metrics.corpus_bleu([r[0] for r in refs], refs) == pytest.approx(1.0)
+    assert metrics.corpus_bleu(["a cat", "a cat"], refs) < 0.1
     # BLEU-1 by hand: "a dog" matches 2 of 2 ("a dog" is a reference: r = 2), "two kids swim"
     # matches 2 of 3 against r = 7 -> p1 = 4/5, c = 5, r = 9, BP = exp(1 - 9/5)
-    bleu1 = captioning.corpus_bleu(["a dog", "two kids swim"], refs, n=1)
+    bleu1 = metrics.corpus_bleu(["a dog", "two kids swim"], refs, n=1)
     assert bleu1 == pytest.approx(4 / 5 * math.exp(1 - 9 / 5))
 
 
