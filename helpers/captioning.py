@@ -237,24 +237,17 @@ def caption_batches(features: Tensor, captions: Sequence[Sequence[str]], vocab: 
                     ) -> Callable[[int], Iterator[Batch]]:
     """``epoch -> batches`` for :func:`helpers.training.fit`: each epoch every image appears once,
     in a shuffled order, with one of its captions drawn at random (seeded by ``seed`` and the
-    epoch). With ``bucket > 1``, each run of ``bucket * batch_size`` shuffled images is sorted
-    by caption length before it is cut into batches (less padding), and the batches are
-    shuffled."""
+    epoch). With ``bucket > 1``, batches come from :class:`helpers.text.LengthBucketSampler`:
+    each run of ``bucket * batch_size`` shuffled images is sorted by caption length before it
+    is cut into batches (less padding), and the batches are shuffled."""
+    from helpers.text import LengthBucketSampler
+
     def batches(epoch: int) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(features), generator=gen).tolist()
         picks = torch.randint(0, 1 << 30, (len(features),), generator=gen).tolist()
-        texts = {i: captions[i][picks[i] % len(captions[i])] for i in order}
-        groups = []
-        pool = batch_size * max(1, bucket)
-        for start in range(0, len(order), pool):
-            chunk = order[start:start + pool]
-            if bucket > 1:
-                chunk = sorted(chunk, key=lambda i: len(texts[i].split()))
-            groups += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-        if bucket > 1:
-            groups = [groups[k] for k in torch.randperm(len(groups), generator=gen).tolist()]
-        for idx in groups:
+        texts = [caps[pick % len(caps)] for caps, pick in zip(captions, picks, strict=True)]
+        lengths = [len(t.split()) if bucket > 1 else 0 for t in texts]  # 0: plain shuffle
+        for idx in LengthBucketSampler(lengths, batch_size, gen, pool_batches=max(1, bucket)):
             ids, mask = vocab.encode_batch([texts[i] for i in idx], max_len)
             yield features[idx], ids, mask
 
