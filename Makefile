@@ -43,17 +43,17 @@ test: venv tools lint
 	$(PY) -m pytest
 
 run-all: venv tools
-	$(PY) -m helpers.run --profile $(PROFILE)
+	$(PY) -m helpers.nb.run --profile $(PROFILE)
 
 run: venv tools
 	@test -n "$(NB)" || { echo "usage: make run NB=notebooks/<assignment>/<name>.ipynb [PROFILE=smoke|small|full]"; exit 2; }
-	$(PY) -m helpers.run --profile $(PROFILE) $(NB)
+	$(PY) -m helpers.nb.run --profile $(PROFILE) $(NB)
 
 lab: venv tools
 	$(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) $(ROOT_FLAG) notebooks
 
 html: venv tools
-	$(PY) -m helpers.export html --profile $(PROFILE)
+	$(PY) -m helpers.nb.export html --profile $(PROFILE)
 
 chromium:
 	@command -v chromium >/dev/null || { \
@@ -61,10 +61,10 @@ chromium:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
 
 pdf: venv tools chromium
-	$(PY) -m helpers.export pdf --profile $(PROFILE)
+	$(PY) -m helpers.nb.export pdf --profile $(PROFILE)
 
 data: venv
-	$(PY) -m helpers.assets --profile $(PROFILE)
+	$(PY) -m helpers.nb.assets --profile $(PROFILE)
 
 bench: venv
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

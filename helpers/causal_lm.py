@@ -1,6 +1,6 @@
 """Causal language models for fine-tuning experiments.
 
-- loading: :func:`load_causal_lm` resolves a model through :mod:`helpers.assets` (a hub id,
+- loading: :func:`load_causal_lm` resolves a model through :mod:`helpers.nb.assets` (a hub id,
   a packaged GGUF file dequantised to float32, or ``DATA_DIR/models``) or builds the tiny
   random Llama of the smoke profile (:data:`TINY_RANDOM`), saved and loaded through the same
   ``from_pretrained`` path;
@@ -92,15 +92,15 @@ def load_causal_lm(name: str, profile: str, dtype: torch.dtype = torch.float32, 
                    tiny_vocab_size: int = 512):
     """``(model, tokenizer, source)`` for ``name``, in eval mode, pad token set.
 
-    ``name`` is a key of :data:`helpers.assets.MODELS`, a hub id, a local folder, or
+    ``name`` is a key of :data:`helpers.nb.assets.MODELS`, a hub id, a local folder, or
     :data:`TINY_RANDOM`: then a tiny random Llama with a tokenizer trained on ``tiny_texts``
     is written into ``tiny_dir`` first and loaded from there like any saved model. GGUF
     weights (the packaged SmolLM2) are dequantised to ``dtype``. A missing model fails with
-    the one :class:`helpers.assets.AssetError` of :func:`helpers.assets.model_path`.
+    the one :class:`helpers.nb.assets.AssetError` of :func:`helpers.nb.assets.model_path`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers import assets
+    from helpers.nb import assets
 
     gguf: dict[str, str] = {}
     if name == TINY_RANDOM:

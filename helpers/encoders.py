@@ -1,4 +1,4 @@
-"""Pretrained text encoders for sequence classification: loading through ``helpers.assets``,
+"""Pretrained text encoders for sequence classification: loading through ``helpers.nb.assets``,
 IMDB subsets tokenised into tensors, a pooled classification head, training through
 ``helpers.training.fit`` and evaluation with ``helpers.metrics``.
 
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from helpers import assets
 from helpers.metrics import classification_metrics
+from helpers.nb import assets
 from helpers.text import read_labelled_csv
 from helpers.training import History, fit, to_device, warmup_cosine_lambda
 
@@ -50,7 +50,7 @@ def _check_name(name: str) -> None:
 
 def load_encoder(name: str, profile: str, tiny: Mapping[str, int] | None = None,
                  **from_pretrained: Any) -> LoadedEncoder:
-    """Load encoder ``name`` and its tokenizer through :func:`helpers.assets.model_path`.
+    """Load encoder ``name`` and its tokenizer through :func:`helpers.nb.assets.model_path`.
 
     With ``tiny`` (values for :data:`TINY_KEYS`), build instead a randomly initialised encoder
     of ``name``'s architecture at those sizes, keep ``name``'s tokenizer, save both with

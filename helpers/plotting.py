@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import font_manager
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from helpers.nb import PROJECT_ROOT
+
 VAZIRMATN = PROJECT_ROOT / ".tools" / "node_modules" / "vazirmatn" / "fonts" / "ttf" / \
     "Vazirmatn-Regular.ttf"
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from helpers import runtime
 from helpers.generation import filter_logits
+from helpers.nb import runtime
 
 # ---------------------------------------------------------------------------- generation
 

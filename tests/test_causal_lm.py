@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from helpers import assets, causal_lm
+from helpers import causal_lm
+from helpers.nb import assets
 from helpers.peft import LoRALinear, apply_lora, count_trainable
 
 TEXTS = [f"the {w} of the {v} is {n} and it was a {w} day ." for w in ("red", "long", "cold")

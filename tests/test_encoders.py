@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from helpers import assets, encoders, peft
+from helpers import encoders, peft
+from helpers.nb import assets
 
 
 def _tiny_bert(hidden: int = 16, layers: int = 2):

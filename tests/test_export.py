@@ -1,4 +1,4 @@
-"""helpers.export: offline HTML (MathJax, Persian) and, where Chromium exists, PDF."""
+"""helpers.nb.export: offline HTML (MathJax, Persian) and, where Chromium exists, PDF."""
 
 import json
 import shutil
@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from helpers import export
+from helpers.nb import export
 
 PERSIAN = "متن سؤال به فارسی"
 

@@ -8,10 +8,12 @@ import re
 import nbformat
 import pytest
 
-from helpers import run
+from helpers.nb import profiles, run
 
 NOTEBOOKS = run.discover()
 IDS = [str(p.relative_to(run.NOTEBOOK_DIR)) for p in NOTEBOOKS]
+SETUP = ("from helpers.nb import runtime\n\n"
+         "cfg, generator, dev = runtime.setup(profile, seed, device, overrides)")
 EXPECTED_PARAMETERS = {"profile": "small", "seed": 0, "device": "auto", "overrides": {}}
 FORBIDDEN = {
     "pip install in a notebook": re.compile(r"^\s*[!%]\s*pip\b", re.M),
@@ -22,6 +24,12 @@ FORBIDDEN = {
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+def test_every_config_belongs_to_a_notebook():
+    stray = [q for q in profiles.questions()
+             if not (run.NOTEBOOK_DIR / f"{q}.ipynb").exists()]
+    assert not stray, f"configs without a notebook: {stray}"
 
 
 def _parameters(cell) -> dict:
@@ -42,7 +50,14 @@ def test_notebook_contract(path):
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     assert _parameters(nb.cells[tagged[0]]) == EXPECTED_PARAMETERS
     setup = nb.cells[tagged[0] + 1]
-    assert setup.cell_type == "code" and "profiles.config(" in setup.source
+    assert setup.cell_type == "code" and setup.source == SETUP, "the one setup call"
+    config = path.with_suffix(".toml")
+    assert config.exists(), f"no config {config.name} beside the notebook"
+    example = re.search(r"overrides: dict = \{\}  # .*e\.g\. (\{.*\})$",
+                        nb.cells[tagged[0]].source, re.M)
+    assert example, "the overrides comment gives an example: e.g. {\"key\": value}"
+    keys = set(profiles.table(path)["small"])
+    assert set(ast.literal_eval(example.group(1))) <= keys, f"example keys not in {config.name}"
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "committed outputs"

@@ -7,8 +7,8 @@ import torch
 from torch.testing import assert_close
 
 from helpers import piglatin as pl
-from helpers.assets import dataset_dir
 from helpers.layers import subsequent_mask
+from helpers.nb.assets import dataset_dir
 from helpers.transformer import (
     greedy_decode,
     greedy_decode_until_end,

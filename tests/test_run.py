@@ -1,4 +1,4 @@
-"""helpers.run: papermill execution, atomic reports, summaries, parameter checks."""
+"""helpers.nb.run: papermill execution, atomic reports, summaries, parameter checks."""
 
 import json
 
@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import run
+from helpers.nb import run
 
 PARAMS = 'profile: str = "small"\nseed: int = 0\ndevice: str = "auto"\noverrides: dict = {}'
 
@@ -28,7 +28,7 @@ def _notebook(path, body, params=PARAMS):
 def tree(tmp_path):
     root, reports = tmp_path / "notebooks", tmp_path / "reports"
     good = _notebook(root / "hw-a" / "good.ipynb", (
-        "import matplotlib.pyplot as plt\nfrom helpers import report\n"
+        "import matplotlib.pyplot as plt\nfrom helpers.nb import report\n"
         "fig, ax = plt.subplots(); ax.plot([0, 1])\nreport.savefig(fig, 'line')\n"
         "report.record('answer', 42)\nreport.record('seed_seen', seed)\n"
         "report.record('profile_seen', profile)"))

@@ -1,4 +1,4 @@
-"""helpers.runtime: seeding, devices and the headless progress bar."""
+"""helpers.nb.runtime: seeding, devices and the headless progress bar."""
 
 import random
 
@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.runtime import (
+from helpers.nb import runtime
+from helpers.nb.runtime import (
     HEADLESS_ENV,
+    NOTEBOOK_ENV,
     environment_summary,
     progress,
     resolve_device,
     seed_everything,
+    setup,
+    torch_threads,
 )
 
 
@@ -47,3 +51,54 @@ def test_headless_progress_yields_everything_and_prints_few_lines(monkeypatch, c
 def test_environment_summary_names_device_and_seed():
     line = environment_summary("cpu", 7)
     assert "torch" in line and "device cpu" in line and "seed 7" in line
+
+
+def test_torch_threads_restores():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def _notebook_with_config(folder, body):
+    notebook = folder / "question.ipynb"
+    notebook.write_text("{}")
+    (folder / "question.toml").write_text("\n".join(f"[{p}]\n{body}" for p in
+                                                    ("smoke", "small", "full")))
+    return notebook
+
+
+def test_setup_reads_the_toml_beside_the_notebook_seeds_and_sets_threads(tmp_path, capsys,
+                                                                         monkeypatch):
+    notebook = _notebook_with_config(tmp_path, "torch_threads = 1\nsteps = 3")
+    before = torch.get_num_threads()
+    monkeypatch.setenv(NOTEBOOK_ENV, str(notebook))
+    cfg, generator, dev = setup("small", 11, "cpu", {"steps": 5})
+    try:
+        assert cfg.steps == 5 and cfg.question == "question" and dev == torch.device("cpu")
+        assert torch.get_num_threads() == 1
+        assert generator.initial_seed() == 11
+        printed = capsys.readouterr().out.splitlines()
+        assert "seed 11" in printed[0] and "steps=5" in printed[1]
+        # a second setup starts from the process default again, so nothing leaks
+        (tmp_path / "question.toml").write_text("[smoke]\nk = 1\n[small]\nk = 1\n[full]\nk = 1")
+        setup("small", 0, "cpu", notebook=notebook)
+        assert torch.get_num_threads() == runtime._THREADS_AT_START
+    finally:
+        runtime._restore_threads()
+    assert torch.get_num_threads() == before
+
+
+def test_setup_refuses_unknown_overrides_and_profiles(tmp_path):
+    notebook = _notebook_with_config(tmp_path, "steps = 3")
+    with pytest.raises(ValueError, match="unknown override"):
+        setup("small", 0, "cpu", {"step": 1}, notebook=notebook)
+    with pytest.raises(ValueError, match="unknown profile"):
+        setup("medium", 0, "cpu", notebook=notebook)
+
+
+def test_setup_without_a_known_notebook_says_what_to_pass(monkeypatch):
+    monkeypatch.delenv(NOTEBOOK_ENV, raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    with pytest.raises(RuntimeError, match="pass notebook="):
+        setup("small", 0, "cpu")

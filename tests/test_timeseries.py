@@ -181,13 +181,6 @@ def test_train_forecaster_learns_an_ar1_series():
     assert torch.get_num_threads() >= 1  # thread count restored (no exception)
 
 
-def test_torch_threads_restores():
-    before = torch.get_num_threads()
-    with timeseries.torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-
-
 def test_persistence():
     assert timeseries.persistence(np.array([1.0, 2.0, 4.0, 8.0]), 2).tolist() == [2, 4]
     with pytest.raises(ValueError):

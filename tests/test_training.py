@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.runtime import seed_everything
+from helpers.nb.runtime import seed_everything
 from helpers.training import EarlyStopping, fit, noam_lambda, to_device, warmup_cosine_lambda
 
 
@@ -90,3 +90,35 @@ def test_to_device_walks_nested_batches():
     moved = to_device(batch, "cpu")
     assert moved["b"][1] == 3 and isinstance(moved["c"], tuple)
     assert to_device(batch, None) is batch
+
+
+def test_evaluate_loss_weights_by_count_and_restores_the_mode():
+    from helpers.training import evaluate_loss
+
+    model = nn.Linear(2, 1)
+    model.train()
+    seen_modes = []
+
+    def loss_fn(m, batch):
+        seen_modes.append(m.training)
+        value, n = batch
+        return torch.tensor(value), n
+
+    # (1.0 * 1 + 4.0 * 3) / 4 = 3.25, not the unweighted mean 2.5
+    assert evaluate_loss(model, [(1.0, 1), (4.0, 3)], loss_fn) == pytest.approx(3.25)
+    assert seen_modes == [False, False] and model.training
+    assert evaluate_loss(model, [torch.tensor(2.0)], lambda m, b: b) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="nothing to score"):
+        evaluate_loss(model, [], loss_fn)
+
+
+def test_count_parameters_counts_tied_weights_once_and_trainable_only():
+    from helpers.training import count_parameters
+
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied, as in GPT-2
+    model = nn.ModuleDict({"emb": emb, "head": head, "norm": nn.LayerNorm(4)})
+    assert count_parameters(model) == 10 * 4 + 2 * 4
+    model["norm"].requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == 40

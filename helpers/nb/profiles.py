@@ -1,8 +1,10 @@
 """Run profiles: every size, step count and asset name a notebook uses, in one place.
 
-A notebook calls ``config(question, profile, **overrides)`` once and reads everything from
-the returned :class:`Config`. Each question's values live in ``helpers/configs/<question>.toml``
-(one table per profile, the same keys in each). The three profiles run the same code; only
+A notebook's values live beside it: ``notebooks/<assignment-id>/<stem>.toml`` for
+``<stem>.ipynb``, one table per profile with the same keys in each. The notebook's setup call
+(``runtime.setup``) reads it through ``config(question, profile, **overrides)``, where the
+question is the notebook's path under ``notebooks/`` without suffix, e.g.
+``"sharif-1402-hw3/transformer_architecture"``. The three profiles run the same code; only
 values differ:
 
 - ``smoke``: tiny models and data, seconds, offline (the test suite and CI);
@@ -17,21 +19,45 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from helpers.nb import NOTEBOOK_DIR, PROJECT_ROOT
+
 PROFILES: tuple[str, ...] = ("smoke", "small", "full")
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_ROOT = NOTEBOOK_DIR  # <assignment-id>/<stem>.toml beside <stem>.ipynb
 
 
 def questions() -> list[str]:
-    """Every question with a table: one ``helpers/configs/<question>.toml`` each."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    """Every question with a table, as ``"<assignment-id>/<stem>"``."""
+    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix(""))
+                  for p in CONFIG_ROOT.glob("*/*.toml"))
 
 
-def table(question: str) -> dict[str, dict[str, Any]]:
+def config_path(question: str | Path) -> Path:
+    """The TOML file of a question: ``"<assignment-id>/<stem>"`` names
+    ``notebooks/<assignment-id>/<stem>.toml``; a notebook path (``.ipynb``, absolute or
+    relative to the project) names the ``<stem>.toml`` beside it."""
+    text = str(question)
+    if isinstance(question, Path) or text.endswith((".ipynb", ".toml")):
+        path = Path(question)
+        return (path if path.is_absolute() else PROJECT_ROOT / path).with_suffix(".toml")
+    return CONFIG_ROOT / f"{text}.toml"
+
+
+def question_name(question: str | Path) -> str:
+    """``"<assignment-id>/<stem>"`` for a notebook under ``notebooks/``, else its stem."""
+    path = config_path(question).resolve()
+    try:
+        return str(path.relative_to(CONFIG_ROOT.resolve()).with_suffix(""))
+    except ValueError:
+        return path.stem
+
+
+def table(question: str | Path) -> dict[str, dict[str, Any]]:
     """The ``{profile: {key: value}}`` table of ``question``, read from its TOML file."""
-    path = CONFIG_DIR / f"{question}.toml"
+    path = config_path(question)
     if not path.exists():
-        raise ValueError(f"unknown question {question!r}; known: {', '.join(questions())}")
+        raise ValueError(f"unknown question {str(question)!r}: no config {path.name} "
+                         f"(known: {', '.join(questions())})")
     with path.open("rb") as f:
         data = tomllib.load(f)
     missing = [p for p in PROFILES if p not in data]
@@ -69,7 +95,7 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def config(question: str, profile: str, **overrides: Any) -> Config:
+def config(question: str | Path, profile: str, **overrides: Any) -> Config:
     """The values of ``question`` at ``profile``, with ``overrides`` applied.
 
     Raises ``ValueError`` for an unknown question, profile or override key, and for an
@@ -77,6 +103,7 @@ def config(question: str, profile: str, **overrides: Any) -> Config:
     """
     check_profile(profile)
     values = dict(table(question)[profile])
+    question = question_name(question)
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise ValueError(

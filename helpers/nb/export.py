@@ -1,8 +1,8 @@
 """Export executed reports to HTML and PDF, offline, with Persian text and maths.
 
-``python -m helpers.export html --profile small`` renders every report under
+``python -m helpers.nb.export html --profile small`` renders every report under
 ``reports/<profile>/`` to HTML beside it and writes ``reports/<profile>/index.html`` (the run
-summary with links). ``python -m helpers.export pdf --profile small`` prints each report to
+summary with links). ``python -m helpers.nb.export pdf --profile small`` prints each report to
 PDF with headless Chromium (Debian's ``chromium``; ``make pdf`` installs it).
 
 Maths is typeset by a local MathJax 3 (npm ``mathjax``) and Persian text uses the Vazirmatn
@@ -23,8 +23,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REPORT_DIR = PROJECT_ROOT / "reports"
+from helpers.nb import PROJECT_ROOT, REPORT_DIR, atomic_write_text
+
 NODE_MODULES = PROJECT_ROOT / ".tools" / "node_modules"
 STATIC_FILES = {
     "tex-svg-full.js": NODE_MODULES / "mathjax" / "es5" / "tex-svg-full.js",
@@ -90,11 +90,6 @@ def notebook_html(path: Path, static_rel: str, template: str = "lab") -> str:
     return body.replace("</head>", EXTRA_CSS.replace("{static}", static_rel) + "</head>", 1)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
 
 def _static_rel(path: Path, profile_dir: Path) -> str:
     return os.path.relpath(profile_dir / "_static", path.parent)
@@ -115,7 +110,7 @@ def export_html(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
     """Render every report of ``profile`` to HTML beside it, then the index page."""
     def render(nb_path: Path, static_rel: str) -> Path:
         out = nb_path.with_suffix(".html")
-        _atomic_write(out, notebook_html(nb_path, static_rel))
+        atomic_write_text(out, notebook_html(nb_path, static_rel))
         return out
 
     return _export_each(profile, report_root, render)
@@ -150,7 +145,7 @@ vertical-align: top; }}</style></head>
 </table></body></html>
 """
     out = profile_dir / "index.html"
-    _atomic_write(out, page)
+    atomic_write_text(out, page)
     return out
 
 
@@ -186,7 +181,7 @@ def export_pdf(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
     def render(nb_path: Path, static_rel: str) -> Path:
         printable = nb_path.with_name(f".{nb_path.stem}.print.html")
         try:
-            _atomic_write(printable, notebook_html(nb_path, static_rel, template="webpdf"))
+            atomic_write_text(printable, notebook_html(nb_path, static_rel, template="webpdf"))
             print_pdf(printable, nb_path.with_suffix(".pdf"))
         finally:
             printable.unlink(missing_ok=True)
@@ -196,9 +191,9 @@ def export_pdf(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from helpers.profiles import check_profile
+    from helpers.nb.profiles import check_profile
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m helpers.nb.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=("html", "pdf"))
     parser.add_argument("--profile", default="small")

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.profiles import check_profile
+from helpers.nb import PROJECT_ROOT
+from helpers.nb.profiles import check_profile
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = "HELPERS_OFFLINE"  # "1" forces offline mode without probing
 _online: bool | None = None
 
@@ -342,7 +342,7 @@ def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
     keys ending in ``dataset``/``datasets`` or ``model``, except randomly initialised models
     (names starting with :data:`RANDOM_MODEL_PREFIX`). ``tables`` maps question -> table
     (default: every ``helpers/configs/*.toml``)."""
-    from helpers import profiles
+    from helpers.nb import profiles
 
     check_profile(profile)
     if tables is None:
@@ -362,7 +362,7 @@ def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.assets [--profile P]``: fetch every asset a profile uses."""
+    """``python -m helpers.nb.assets [--profile P]``: fetch every asset a profile uses."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

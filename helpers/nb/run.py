@@ -1,6 +1,6 @@
 """Execute notebooks headlessly with papermill and summarise the run.
 
-``python -m helpers.run [--profile small] [--only GLOB] [--set key=value ...] [NOTEBOOK ...]``
+``python -m helpers.nb.run [--profile small] [--only GLOB] [--set key=value ...] [NOTEBOOK ...]``
 
 Each notebook ``notebooks/<assignment-id>/<name>.ipynb`` is executed into
 ``reports/<profile>/<assignment-id>/<name>.ipynb`` (written to a temporary file and renamed
@@ -25,13 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.profiles import check_profile
-from helpers.report import FIGURE_DIR_ENV, metrics_from_notebook
-from helpers.runtime import HEADLESS_ENV, progress
+from helpers.nb import NOTEBOOK_DIR, PROJECT_ROOT, REPORT_DIR, atomic_write_text
+from helpers.nb.profiles import check_profile
+from helpers.nb.report import FIGURE_DIR_ENV, metrics_from_notebook
+from helpers.nb.runtime import HEADLESS_ENV, NOTEBOOK_ENV, progress
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-REPORT_DIR = PROJECT_ROOT / "reports"
 PARAMETERS = ("profile", "seed", "device", "overrides")
 
 
@@ -112,8 +110,10 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
                                 out.with_name(f".{out.stem}_figures.partial"))
     shutil.rmtree(figures_partial, ignore_errors=True)
     start = time.perf_counter()
-    saved_env = {k: os.environ.get(k) for k in (HEADLESS_ENV, FIGURE_DIR_ENV, "MPLBACKEND")}
-    os.environ.update({HEADLESS_ENV: "1", FIGURE_DIR_ENV: str(figures_partial),
+    saved_env = {k: os.environ.get(k)
+                 for k in (HEADLESS_ENV, NOTEBOOK_ENV, FIGURE_DIR_ENV, "MPLBACKEND")}
+    os.environ.update({HEADLESS_ENV: "1", NOTEBOOK_ENV: str(path.resolve()),
+                       FIGURE_DIR_ENV: str(figures_partial),
                        "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
     try:
         check_parameters(path, parameters)
@@ -157,7 +157,7 @@ def write_summary(results: list[NotebookResult], profile: str,
     rows = [previous[k] for k in sorted(previous)]
     payload = {"profile": profile, "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
                "notebooks": rows}
-    _atomic_write(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
+    atomic_write_text(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
     lines = [f"# Run summary: profile `{profile}`", "", f"Updated {payload['updated']}.", "",
              "| notebook | status | wall time (s) | headline metrics |", "|---|---|---:|---|"]
     for r in rows:
@@ -165,18 +165,13 @@ def write_summary(results: list[NotebookResult], profile: str,
         if r["status"] != "ok":
             shown = f"**{r['error']}**"
         lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {shown} |")
-    _atomic_write(folder / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")
     return summary_json
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -193,7 +188,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m helpers.nb.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks (default: all)")
     parser.add_argument("--profile", default="small", help="smoke | small | full")
