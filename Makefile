@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= small
 PORT ?= 8888
+JOBS ?= auto
 # Offline data: ../shared/data when it exists and DATA_DIR is unset (absolute, so that
 # kernels started in other folders see the same path).
 DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
@@ -37,13 +38,13 @@ venv: $(VENV)/.installed
 tools: .tools/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check helpers tests bench
+	$(VENV)/bin/ruff check helpers tests bench notebooks
 
 test: venv tools lint
 	$(PY) -m pytest
 
 run-all: venv tools
-	$(PY) -m helpers.nb.run --profile $(PROFILE)
+	$(PY) -m helpers.nb.run --profile $(PROFILE) --jobs $(JOBS)
 
 run: venv tools
 	@test -n "$(NB)" || { echo "usage: make run NB=notebooks/<assignment>/<name>.ipynb [PROFILE=smoke|small|full]"; exit 2; }

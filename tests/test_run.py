@@ -100,3 +100,82 @@ def test_main_rejects_bad_arguments(tree, monkeypatch):
         run.main(["--only", "nothing-matches-*"])
     with pytest.raises(SystemExit):
         run.main(["--set", "novalue"])
+
+
+def test_schedule_is_longest_first_and_respects_thread_demand(tmp_path):
+    a, b, c = (tmp_path / "hw" / f"{n}.ipynb" for n in "abc")
+    seconds = {run._relative(a): 5.0, run._relative(b): 50.0}
+    assert run.schedule_order([a, b, c], seconds) == [c, b, a]  # never timed goes first
+    (tmp_path / "hw").mkdir()
+    a.with_suffix(".toml").write_text(
+        "[smoke]\ntorch_threads = 1\n[small]\ntorch_threads = 4\n[full]\ntorch_threads = 0\n")
+    assert run.thread_demand(a, "smoke", budget=2) == 1
+    assert run.thread_demand(a, "small", budget=2) == 2  # never more than the budget
+    assert run.thread_demand(a, "full", budget=2) == 2  # 0: PyTorch's default, every core
+    assert run.thread_demand(b, "smoke", budget=3) == 3  # no config: the whole budget
+
+
+BARRIER = """import pathlib, time
+from helpers.nb import report
+here = pathlib.Path(r'{folder}')
+(here / '{me}.started').touch()
+deadline = time.time() + 120
+while not (here / '{other}.started').exists():
+    assert time.time() < deadline, 'the other notebook never ran beside this one'
+    time.sleep(0.1)
+report.record('waited_for', '{other}')"""
+
+
+def test_main_runs_notebooks_concurrently_within_the_budget(tmp_path, monkeypatch):
+    root, reports, flags = tmp_path / "notebooks", tmp_path / "reports", tmp_path / "flags"
+    flags.mkdir()
+    for me, other in (("left", "right"), ("right", "left")):
+        nb = _notebook(root / "hw" / f"{me}.ipynb",
+                       BARRIER.format(folder=flags, me=me, other=other))
+        nb.with_suffix(".toml").write_text(
+            "\n".join(f"[{p}]\ntorch_threads = 1" for p in ("smoke", "small", "full")))
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", root)
+    monkeypatch.setattr(run, "REPORT_DIR", reports)
+    # each waits for the other to start: only a concurrent run can finish
+    assert run.main(["--profile", "smoke", "--jobs", "2"]) == 0
+    summary = json.loads((reports / "smoke" / "summary.json").read_text())
+    assert [r["metrics"] for r in summary["notebooks"]] == [{"waited_for": "right"},
+                                                             {"waited_for": "left"}]
+    last = summary["last_run"]
+    assert last["jobs"] == 2 and last["notebooks"] == 2
+    assert last["wall_seconds"] > 0 and last["notebook_seconds"] > 0
+    assert "notebook times add up to" in (reports / "smoke" / "summary.md").read_text()
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root, reports = tmp_path / "notebooks", tmp_path / "reports"
+    _notebook(root / "hw" / "quick.ipynb", "from helpers.nb import report\nreport.record('x', 1)")
+    _notebook(root / "hw" / "slow.ipynb", "import time\ntime.sleep(600)")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "helpers.nb.run", "--profile", "smoke", "--jobs", "2",
+         "--notebook-root", str(root), "--report-root", str(reports)],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    partial = reports / "smoke" / "hw" / ".slow.partial.ipynb"
+    while not ((reports / "smoke" / "hw" / "quick.ipynb").exists() and partial.exists()):
+        assert runner.poll() is None and time.time() < deadline, runner.stdout.read()
+        time.sleep(0.2)
+    family = psutil.Process(runner.pid).children(recursive=True)
+    assert any("ipykernel" in " ".join(p.cmdline()) for p in family), "a kernel is running"
+    runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert runner.wait(timeout=120) == 130, runner.stdout.read()
+    assert not [p for p in reports.rglob("*") if ".partial" in p.name]
+    assert not (reports / "smoke" / "hw" / "slow.ipynb").exists()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+    summary = json.loads((reports / "smoke" / "summary.json").read_text())
+    status = {r["notebook"].split("/")[-1]: r["status"] for r in summary["notebooks"]}
+    assert status == {"quick.ipynb": "ok", "slow.ipynb": "interrupted"}
+    assert summary["last_run"]["interrupted"] is True

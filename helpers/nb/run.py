@@ -1,24 +1,38 @@
 """Execute notebooks headlessly with papermill and summarise the run.
 
-``python -m helpers.nb.run [--profile small] [--only GLOB] [--set key=value ...] [NOTEBOOK ...]``
+``python -m helpers.nb.run [--profile small] [--jobs auto] [--only GLOB] [--set key=value ...]
+[NOTEBOOK ...]``
 
 Each notebook ``notebooks/<assignment-id>/<name>.ipynb`` is executed into
 ``reports/<profile>/<assignment-id>/<name>.ipynb`` (written to a temporary file and renamed
 on success, so no half-written report is left), its figures into ``<name>_figures/``
 beside it. The run goes on past a failing notebook, then writes
 ``reports/<profile>/summary.md`` and ``summary.json`` (notebook, status, wall time, headline
-metrics) and exits non-zero when any notebook failed.
+metrics, and the run's wall time beside the sum of the notebooks' times) and exits non-zero
+when any notebook failed.
+
+Notebooks run concurrently, each in its own worker process, as many at a time as the CPU
+budget (``--jobs``, default: every core) allows given each notebook's ``torch_threads`` (a
+notebook without that key takes the whole budget), longest first by the last run's times.
+Each notebook sets its own thread count, so its results equal a sequential run's.
+``--jobs 1`` runs them one after another. Ctrl-C stops the run: the running notebooks'
+kernels are shut down, no partial file is left, the summary marks them ``interrupted`` and
+keeps every other notebook's row.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import fnmatch
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -38,7 +52,7 @@ class NotebookResult:
     """One notebook's outcome, as written to the summary."""
 
     notebook: str
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "failed" | "interrupted"
     seconds: float
     report: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -128,10 +142,13 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
             os.replace(figures_partial, figures)
         return NotebookResult(_relative(path), "ok", time.perf_counter() - start,
                               _relative(out), metrics)
-    except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the run
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the run goes on
         for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
             stale.unlink(missing_ok=True)  # an older report would contradict the summary
         shutil.rmtree(figures, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            return NotebookResult(_relative(path), "interrupted", time.perf_counter() - start,
+                                  error="interrupted")
         return NotebookResult(_relative(path), "failed", time.perf_counter() - start,
                               error=_error_text(exc))
     finally:
@@ -145,8 +162,9 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
 
 
 def write_summary(results: list[NotebookResult], profile: str,
-                  report_root: Path = REPORT_DIR) -> Path:
-    """Merge ``results`` into ``reports/<profile>/summary.{json,md}``; return the JSON path."""
+                  report_root: Path = REPORT_DIR, run_info: dict[str, Any] | None = None) -> Path:
+    """Merge ``results`` into ``reports/<profile>/summary.{json,md}``; return the JSON path.
+    ``run_info`` (wall time, sum of notebook times, CPU budget) describes this run."""
     folder = report_root / profile
     folder.mkdir(parents=True, exist_ok=True)
     summary_json = folder / "summary.json"
@@ -156,9 +174,14 @@ def write_summary(results: list[NotebookResult], profile: str,
     previous.update({r.notebook: asdict(r) for r in results})
     rows = [previous[k] for k in sorted(previous)]
     payload = {"profile": profile, "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "notebooks": rows}
+               "last_run": run_info or {}, "notebooks": rows}
     atomic_write_text(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
-    lines = [f"# Run summary: profile `{profile}`", "", f"Updated {payload['updated']}.", "",
+    info = payload["last_run"]
+    run_line = (f" Last run: {info['notebooks']} notebook(s) in {info['wall_seconds']:.0f} s wall"
+                f" (notebook times add up to {info['notebook_seconds']:.0f} s; CPU budget "
+                f"{info['jobs']} thread(s))." if info else "")
+    lines = [f"# Run summary: profile `{profile}`", "",
+             f"Updated {payload['updated']}.{run_line}", "",
              "| notebook | status | wall time (s) | headline metrics |", "|---|---|---:|---|"]
     for r in rows:
         shown = "; ".join(f"{k} = {_fmt(v)}" for k, v in r["metrics"].items())
@@ -187,6 +210,175 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def thread_demand(path: Path, profile: str, budget: int) -> int:
+    """CPU threads the notebook asks for at ``profile``: its config's ``torch_threads``, or the
+    whole ``budget`` when it has none (PyTorch's default uses every core)."""
+    from helpers.nb import profiles
+
+    try:
+        threads = profiles.table(path)[profile].get("torch_threads") or budget
+    except ValueError:  # no config: the notebook's own setup reports that
+        threads = budget
+    return max(1, min(int(threads), budget))
+
+
+def previous_seconds(profile: str, report_root: Path = REPORT_DIR) -> dict[str, float]:
+    """Each notebook's wall time in the last summary of ``profile`` (empty when none)."""
+    summary = report_root / profile / "summary.json"
+    if not summary.exists():
+        return {}
+    try:
+        rows = json.loads(summary.read_text())["notebooks"]
+    except (ValueError, KeyError):
+        return {}
+    return {r["notebook"]: float(r["seconds"]) for r in rows if r.get("status") == "ok"}
+
+
+def schedule_order(paths: list[Path], seconds: dict[str, float]) -> list[Path]:
+    """Longest first by the last run's times; notebooks never timed go first (they may be
+    long), ties by name."""
+    return sorted(paths, key=lambda p: (-seconds.get(_relative(p), float("inf")), _relative(p)))
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a process and every descendant (kernels run in sessions of their own)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    family = parent.children(recursive=True) + [parent]
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(family, timeout=10)
+
+
+@dataclass
+class _Worker:
+    path: Path
+    threads: int
+    process: subprocess.Popen
+    result_file: Path
+    log_file: Path
+
+
+def _start_worker(path: Path, args: argparse.Namespace, threads: int, tmp: Path,
+                  root: Path, report_root: Path) -> _Worker:
+    stem = _relative(path).replace("/", "__")
+    result_file, log_file = tmp / f"{stem}.json", tmp / f"{stem}.log"
+    command = [sys.executable, "-m", "helpers.nb.run", "--worker", str(result_file),
+               "--profile", args.profile, "--seed", str(args.seed), "--device", args.device,
+               "--notebook-root", str(root), "--report-root", str(report_root),
+               *(f"--set={item}" for item in args.overrides), str(path)]
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=log,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return _Worker(path, threads, process, result_file, log_file)
+
+
+def _collect(worker: _Worker) -> NotebookResult:
+    if worker.result_file.exists():
+        return NotebookResult(**json.loads(worker.result_file.read_text()))
+    tail = worker.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+    return NotebookResult(_relative(worker.path), "failed", 0.0,
+                          error=f"worker exited with {worker.process.returncode}: "
+                                + " | ".join(tail))
+
+
+def _interrupt(workers: list[_Worker], profile: str, root: Path, report_root: Path,
+               grace: float = 30.0) -> list[NotebookResult]:
+    """Stop running workers (SIGTERM, then kill), remove their partial files, and return an
+    ``interrupted`` result for each."""
+    for w in workers:
+        with contextlib.suppress(ProcessLookupError):
+            w.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    results = []
+    for w in workers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        _kill_tree(w.process.pid)
+        out = report_path(w.path, profile, root, report_root)
+        out.with_name(f".{out.stem}.partial.ipynb").unlink(missing_ok=True)
+        shutil.rmtree(out.with_name(f".{out.stem}_figures.partial"), ignore_errors=True)
+        result = _collect(w)
+        if result.status != "ok":
+            result = NotebookResult(_relative(w.path), "interrupted", result.seconds,
+                                    error="interrupted")
+        results.append(result)
+    return results
+
+
+def run_many(paths: list[Path], args: argparse.Namespace, budget: int, root: Path,
+             report_root: Path) -> tuple[list[NotebookResult], bool]:
+    """Run notebooks in worker processes within a CPU ``budget``; return the results and
+    whether the run was interrupted (Ctrl-C / SIGTERM)."""
+    seconds = previous_seconds(args.profile, report_root)
+    pending = [(p, thread_demand(p, args.profile, budget))
+               for p in schedule_order(paths, seconds)]
+    running: list[_Worker] = []
+    results: list[NotebookResult] = []
+    bar = progress(range(len(paths)), desc=f"notebooks @ {args.profile}", total=len(paths))
+    with tempfile.TemporaryDirectory(prefix="helpers-run-") as tmp:
+        try:
+            while pending or running:
+                free = budget - sum(w.threads for w in running)
+                while pending and (pending[0][1] <= free or not running):
+                    path, threads = pending.pop(0)
+                    running.append(_start_worker(path, args, threads, Path(tmp), root,
+                                                 report_root))
+                    free -= threads
+                time.sleep(0.2)
+                for w in [w for w in running if w.process.poll() is not None]:
+                    running.remove(w)
+                    result = _collect(w)
+                    results.append(result)
+                    next(bar, None)
+                    note = f"  {result.error}" if result.error else ""
+                    print(f"{result.status:6} {result.seconds:7.1f}s  {result.notebook}{note}",
+                          flush=True)
+        except KeyboardInterrupt:
+            stopped = _interrupt(running, args.profile, root, report_root)
+            for result in stopped:
+                print(f"{result.status} {result.notebook}", flush=True)
+            return results + stopped, True
+    return results, False
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    """One notebook in this process; SIGTERM interrupts it cleanly (kernel shut down, no
+    partial file); the result goes to ``args.worker`` as JSON."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    root, report_root = Path(args.notebook_root), Path(args.report_root)
+    try:
+        result = run_notebook(args.notebooks[0].resolve(), args.profile, args.seed,
+                              args.device, _parse_set(args.overrides), root=root,
+                              report_root=report_root)
+    except KeyboardInterrupt:
+        result = NotebookResult(_relative(args.notebooks[0]), "interrupted", 0.0,
+                                error="interrupted")
+    atomic_write_text(Path(args.worker), json.dumps(asdict(result)))
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):  # a kernel left by an interrupt
+        _kill_tree(child.pid)
+    return 0
+
+
+def _jobs(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--jobs takes 'auto' or a positive integer, not {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.nb.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,31 +387,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="glob over notebook paths, e.g. 'sharif-1402-hw3/*'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--jobs", type=_jobs, default="auto",
+                        help="CPU threads the concurrent notebooks may use together "
+                             "(default auto: every core; 1: one notebook at a time)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one profile value (repeatable)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # result file of one worker
+    parser.add_argument("--notebook-root", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--report-root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         check_profile(args.profile)
     except ValueError as exc:
         parser.error(str(exc))
+    root = Path(args.notebook_root or NOTEBOOK_DIR)
+    report_root = Path(args.report_root or REPORT_DIR)
     os.chdir(PROJECT_ROOT)  # papermill records the (relative) paths it is given
-    paths = [p.resolve() for p in args.notebooks] or discover(NOTEBOOK_DIR, args.only)
+    if args.worker:
+        return _worker_main(args)
+    paths = [p.resolve() for p in args.notebooks] or discover(root, args.only)
     missing = [str(p) for p in paths if not p.exists()]
     if missing or not paths:
         parser.error(f"no such notebook: {', '.join(missing)}" if missing else
                      f"no notebook matches {args.only!r}")
-    overrides = _parse_set(args.overrides)
-    results = []
-    for path in progress(paths, desc=f"notebooks @ {args.profile}"):
-        result = run_notebook(path, args.profile, args.seed, args.device, overrides,
-                              root=NOTEBOOK_DIR, report_root=REPORT_DIR)
-        results.append(result)
-        note = f"  {result.error}" if result.error else ""
-        print(f"{result.status:6} {result.seconds:7.1f}s  {result.notebook}{note}", flush=True)
-    summary = write_summary(results, args.profile, REPORT_DIR)
+    _parse_set(args.overrides)  # refuse a malformed --set before anything runs
+    start = time.perf_counter()
+    results, interrupted = run_many(paths, args, args.jobs, root, report_root)
+    run_info = {"notebooks": len(results), "wall_seconds": round(time.perf_counter() - start, 1),
+                "notebook_seconds": round(sum(r.seconds for r in results), 1),
+                "jobs": args.jobs, "interrupted": interrupted}
+    summary = write_summary(results, args.profile, report_root, run_info)
     failed = [r for r in results if r.status != "ok"]
-    print(f"{len(results) - len(failed)}/{len(results)} notebooks ok; summary: "
+    print(f"{len(results) - len(failed)}/{len(results)} notebooks ok in "
+          f"{run_info['wall_seconds']:.0f} s wall (notebook times add up to "
+          f"{run_info['notebook_seconds']:.0f} s); summary: "
           f"{_relative(summary.with_suffix('.md'))}")
+    if interrupted:
+        print("interrupted: the running notebooks were stopped; other rows kept")
+        return 130
     return 1 if failed else 0
 
 
