@@ -92,3 +92,18 @@ def test_versus_words_follow_the_sign_and_the_noise():
     assert versus(0.015, 0.01).startswith("indistinguishable")
     with pytest.raises(ValueError, match="finite"):
         versus(float("nan"), 0.1)
+
+
+def test_headline_metrics_are_marked_in_the_output_metadata():
+    from helpers.nb.report import headlines_from_notebook
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("")
+    for name, headline in (("a", False), ("b", True), ("c", True)):
+        out = nbformat.v4.new_output("display_data", data={METRIC_MIME: {name: 1}})
+        if headline:
+            out.metadata = {METRIC_MIME: {"headline": True}}
+        cell.outputs.append(out)
+    nb.cells = [cell]
+    assert headlines_from_notebook(nb) == ["b", "c"]
+    assert metrics_from_notebook(nb) == {"a": 1, "b": 1, "c": 1}

@@ -16,12 +16,14 @@ import argparse
 import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from helpers.nb import PROJECT_ROOT, REPORT_DIR, atomic_write_text
 
@@ -45,7 +47,19 @@ EXTRA_CSS = """<style>
   src: url("{static}/Vazirmatn-Regular.woff2") format("woff2"); }
 [dir="rtl"], :lang(fa) { direction: rtl; text-align: right;
   font-family: "Vazirmatn", "DejaVu Sans", sans-serif; }
-@media print { pre { white-space: pre-wrap; overflow-wrap: anywhere; } }
+@media print {
+  @page { size: A4; margin: 16mm 14mm 18mm 14mm;
+          @bottom-center { content: counter(page) " / " counter(pages);
+                           font: 9pt "DejaVu Sans", sans-serif; color: #555; } }
+  pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+  .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
+  .jp-RenderedHTMLCommon table, .dataframe { table-layout: auto; max-width: 100%;
+    font-size: 7.5pt; word-break: break-word; }
+  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 1px 3px; }
+  img, svg, .jp-RenderedImage, .jp-OutputArea-child:has(img) { break-inside: avoid;
+    page-break-inside: avoid; max-width: 100% !important; height: auto; }
+  h1, h2, h3 { break-after: avoid; page-break-after: avoid; }
+}
 </style>
 """
 
@@ -75,6 +89,32 @@ def install_static(profile_dir: Path) -> Path:
     return static
 
 
+def show_run_parameters(nb: Any) -> Any:
+    """Fold papermill's injected-parameters cell into the ``parameters`` cell: the reader
+    sees each parameter once, with the value this run used and its comment."""
+    import ast
+
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if not injected or not tagged:
+        return nb
+    values = {}
+    for statement in ast.parse(injected[0].source).body:
+        if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+            values[statement.targets[0].id] = ast.get_source_segment(injected[0].source,
+                                                                     statement.value)
+    lines = []
+    for line in tagged[0].source.splitlines():
+        match = re.match(r"^(\w+)(\s*:\s*[^=]+?)?\s*=\s*(.*?)(\s+#.*)?$", line)
+        if match and match.group(1) in values:
+            name, annotation, _, comment = match.groups()
+            line = f"{name}{annotation or ''} = {values[name]}{comment or ''}"
+        lines.append(line)
+    tagged[0].source = "\n".join(lines)
+    nb.cells = [c for c in nb.cells if c is not injected[0]]
+    return nb
+
+
 def notebook_html(path: Path, static_rel: str, template: str = "lab") -> str:
     """One notebook as HTML using the local MathJax and the Persian font."""
     import nbformat
@@ -82,7 +122,8 @@ def notebook_html(path: Path, static_rel: str, template: str = "lab") -> str:
 
     exporter = HTMLExporter(template_name=template)
     exporter.mathjax_url = f"{static_rel}/tex-svg-full.js"
-    body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4))
+    nb = show_run_parameters(nbformat.read(path, as_version=4))
+    body, _ = exporter.from_notebook_node(nb)
     script = f'<script src="{exporter.mathjax_url}"'
     if script not in body:
         raise ExportError(f"nbconvert's {template} template no longer loads MathJax as expected")
@@ -116,33 +157,72 @@ def export_html(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
     return _export_each(profile, report_root, render)
 
 
+def _title(report: Path) -> str:
+    """The notebook's H1 (its first Markdown line), or its file name."""
+    import nbformat
+
+    try:
+        for cell in nbformat.read(report, as_version=4).cells:
+            if cell.cell_type == "markdown" and cell.source.startswith("# "):
+                return cell.source.splitlines()[0][2:].strip()
+    except (OSError, ValueError):
+        pass
+    return report.stem
+
+
+def _metric(name: str, value: Any) -> str:
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"<code>{html.escape(name)}</code> = {html.escape(shown)}"
+
+
+HEADLINE_FALLBACK = 5  # metrics shown for a notebook that marks none as headline
+
+
 def write_index(profile: str, report_root: Path = REPORT_DIR) -> Path:
-    """``reports/<profile>/index.html``: the summary table linking every report."""
+    """``reports/<profile>/index.html``: one table per assignment, a row per question with its
+    title, status, wall time, headline metrics, links to the HTML, PDF and executed notebook,
+    and every other metric one click away."""
     profile_dir = report_root / profile
     summary_path = profile_dir / "summary.json"
     rows = json.loads(summary_path.read_text())["notebooks"] if summary_path.exists() else []
-    lines = []
+    groups: dict[str, list[str]] = {}
     for row in rows:
         rel = Path(row["notebook"]).relative_to("notebooks") if row["notebook"].startswith(
             "notebooks/") else Path(row["notebook"])
         links = [f'<a href="{html.escape(str(rel.with_suffix(ext)))}">{ext[1:]}</a>'
-                 for ext in (".html", ".pdf") if (profile_dir / rel.with_suffix(ext)).exists()]
-        metrics = "<br>".join(f"{html.escape(k)} = {v:.4g}" if isinstance(v, float) else
-                              f"{html.escape(k)} = {html.escape(str(v))}"
-                              for k, v in row["metrics"].items())
-        lines.append(f"<tr><td>{html.escape(str(rel))}</td><td>{row['status']}</td>"
-                     f"<td>{row['seconds']:.1f}</td><td>{' '.join(links)}</td>"
-                     f"<td>{metrics or html.escape(row.get('error') or '')}</td></tr>")
+                 for ext in (".html", ".pdf", ".ipynb")
+                 if (profile_dir / rel.with_suffix(ext)).exists()]
+        metrics = row.get("metrics", {})
+        names = row.get("headline") or list(metrics)[:HEADLINE_FALLBACK]
+        shown = "<br>".join(_metric(k, metrics[k]) for k in names if k in metrics)
+        rest = [k for k in metrics if k not in names]
+        if rest:
+            shown += (f"<details><summary>all {len(metrics)} metrics</summary>"
+                      + "<br>".join(_metric(k, metrics[k]) for k in metrics) + "</details>")
+        if row["status"] != "ok":
+            shown = f"<b>{html.escape(row.get('error') or row['status'])}</b>"
+        groups.setdefault(rel.parts[0] if len(rel.parts) > 1 else "", []).append(
+            f"<tr><td><b>{html.escape(rel.stem)}</b><br>"
+            f"{html.escape(_title(profile_dir / rel))}</td>"
+            f"<td>{html.escape(row['status'])}</td><td>{row['seconds']:.0f}</td>"
+            f"<td>{' '.join(links)}</td><td>{shown}</td></tr>")
+    header = ("<tr><th>question</th><th>status</th><th>wall time (s)</th><th>files</th>"
+              "<th>headline metrics</th></tr>")
+    tables = "\n".join(f"<h2>{html.escape(group)}</h2>\n<table>{header}\n"
+                       + "\n".join(lines) + "\n</table>" for group, lines in groups.items())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Reports: {profile}</title>
-<style>body {{ font-family: "DejaVu Sans", sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #bbb; padding: 4px 8px;
-vertical-align: top; }}</style></head>
+<style>body {{ font-family: "DejaVu Sans", sans-serif; margin: 2em; max-width: 1320px; }}
+table {{ border-collapse: collapse; width: 100%; table-layout: fixed; }}
+td, th {{ border: 1px solid #bbb; padding: 4px 8px; vertical-align: top;
+overflow-wrap: anywhere; text-align: left; }}
+th:nth-child(1) {{ width: 34%; }} th:nth-child(2) {{ width: 7%; }}
+th:nth-child(3) {{ width: 8%; }} th:nth-child(4) {{ width: 11%; }}
+summary {{ cursor: pointer; color: #345; }}</style></head>
 <body><h1>Executed notebooks, profile <code>{profile}</code></h1>
-<table><tr><th>notebook</th><th>status</th><th>wall time (s)</th><th>files</th>
-<th>headline metrics</th></tr>
-{chr(10).join(lines)}
-</table></body></html>
+<p><a href="summary.json">summary.json</a> holds every recorded metric.</p>
+{tables}
+</body></html>
 """
     out = profile_dir / "index.html"
     atomic_write_text(out, page)

@@ -44,8 +44,9 @@ def _plain(value: Any) -> float | int | str | bool:
     raise TypeError(f"record() takes a number, bool or string, not {type(value).__name__}")
 
 
-def record(name: str, value: Any) -> None:
-    """Publish one headline metric (shown in the notebook, collected into the run summary)."""
+def record(name: str, value: Any, headline: bool = False) -> None:
+    """Publish one metric (shown in the notebook, collected into the run summary); the few
+    marked ``headline`` are the ones the summary and the index show first."""
     if not _NAME.match(name):
         raise ValueError(f"metric name {name!r} must be an identifier (letters, digits, _)")
     plain = _plain(value)
@@ -55,7 +56,8 @@ def record(name: str, value: Any) -> None:
         from IPython.display import display
 
         if get_ipython() is not None:
-            display({METRIC_MIME: {name: plain}, "text/plain": f"{name} = {shown}"}, raw=True)
+            display({METRIC_MIME: {name: plain}, "text/plain": f"{name} = {shown}"}, raw=True,
+                    metadata={METRIC_MIME: {"headline": True}} if headline else None)
             return
     except ImportError:  # pragma: no cover - IPython ships with the notebook stack
         pass
@@ -73,9 +75,31 @@ def metrics_from_notebook(nb: Any) -> dict[str, Any]:
     return metrics
 
 
+def headlines_from_notebook(nb: Any) -> list[str]:
+    """Names of the metrics recorded with ``headline=True``, in order of first appearance."""
+    names: list[str] = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("metadata", {}).get(METRIC_MIME, {}).get("headline"):
+                names += [n for n in output["data"][METRIC_MIME] if n not in names]
+    return names
+
+
 def figure_dir() -> Path:
-    """The folder figures go to (created on demand)."""
-    folder = Path(os.environ.get(FIGURE_DIR_ENV) or PROJECT_ROOT / "reports" / "lab" / "figures")
+    """The folder figures go to (created on demand): the report's figure folder in headless
+    runs, else ``reports/lab/<assignment-id>/<stem>_figures/`` for the running notebook
+    (``reports/lab/figures/`` when it cannot be told)."""
+    folder = os.environ.get(FIGURE_DIR_ENV)
+    if not folder:
+        from helpers.nb.runtime import current_notebook
+
+        try:
+            notebook = current_notebook()
+            assignment = notebook.parent.name
+            folder = PROJECT_ROOT / "reports" / "lab" / assignment / f"{notebook.stem}_figures"
+        except RuntimeError:
+            folder = PROJECT_ROOT / "reports" / "lab" / "figures"
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -104,8 +128,9 @@ def show_texts(texts: Sequence[str], title: str = "", rtl: bool = True) -> None:
         return
     direction = ' dir="rtl" lang="fa"' if rtl else ""
     items = "".join(f"<li>{html.escape(t)}</li>" for t in texts)
-    heading = f"<b>{html.escape(title)}</b>" if title else ""
-    display(HTML(f"<div{direction}>{heading}<ol>{items}</ol></div>"))
+    # the (English) title sits outside the right-to-left block, so it is not reordered
+    heading = f'<div dir="ltr"><b>{html.escape(title)}</b></div>' if title else ""
+    display(HTML(f"<div>{heading}<ol{direction}>{items}</ol></div>"))
 
 
 def _display(bundle: dict[str, str]) -> None:

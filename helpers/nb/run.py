@@ -41,7 +41,7 @@ from typing import Any
 
 from helpers.nb import NOTEBOOK_DIR, PROJECT_ROOT, REPORT_DIR, atomic_write_text
 from helpers.nb.profiles import check_profile
-from helpers.nb.report import FIGURE_DIR_ENV, metrics_from_notebook
+from helpers.nb.report import FIGURE_DIR_ENV, headlines_from_notebook, metrics_from_notebook
 from helpers.nb.runtime import HEADLESS_ENV, NOTEBOOK_ENV, progress
 
 PARAMETERS = ("profile", "seed", "device", "overrides")
@@ -57,6 +57,7 @@ class NotebookResult:
     report: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    headline: list[str] = field(default_factory=list)  # metrics marked headline
 
 
 def discover(root: Path = NOTEBOOK_DIR, only: str | None = None) -> list[Path]:
@@ -135,13 +136,14 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
             _relative(path), _relative(partial), parameters=parameters, kernel_name="python3",
             progress_bar=False, cwd=str(path.parent), execution_timeout=timeout,
         )
-        metrics = metrics_from_notebook(nbformat.read(partial, as_version=4))
+        executed = nbformat.read(partial, as_version=4)
+        metrics, headline = metrics_from_notebook(executed), headlines_from_notebook(executed)
         os.replace(partial, out)
         shutil.rmtree(figures, ignore_errors=True)
         if figures_partial.exists():
             os.replace(figures_partial, figures)
         return NotebookResult(_relative(path), "ok", time.perf_counter() - start,
-                              _relative(out), metrics)
+                              _relative(out), metrics, headline=headline)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the run goes on
         for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
             stale.unlink(missing_ok=True)  # an older report would contradict the summary
@@ -184,7 +186,8 @@ def write_summary(results: list[NotebookResult], profile: str,
              f"Updated {payload['updated']}.{run_line}", "",
              "| notebook | status | wall time (s) | headline metrics |", "|---|---|---:|---|"]
     for r in rows:
-        shown = "; ".join(f"{k} = {_fmt(v)}" for k, v in r["metrics"].items())
+        names = r.get("headline") or list(r["metrics"])
+        shown = "; ".join(f"{k} = {_fmt(r['metrics'][k])}" for k in names)
         if r["status"] != "ok":
             shown = f"**{r['error']}**"
         lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {shown} |")
