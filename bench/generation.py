@@ -1,4 +1,4 @@
-"""Batched generation: helpers.reasoning.generate vs Hugging Face ``generate``, same run.
+"""Batched generation: helpers.llm_generation.generate vs Hugging Face ``generate``, same run.
 
 SmolLM2-135M-Instruct (the packaged GGUF, float32, CPU) on the few-shot chain-of-thought
 prompts of the reasoning notebook: (a) greedy, 16 prompts, 48 new tokens; (b) sampling,
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from helpers import reasoning as R
+from helpers import llm_generation, reasoning
 from helpers.causal_lm import load_causal_lm
 
 NEW_TOKENS, REPEATS = 48, 3
@@ -50,17 +50,18 @@ def hf_generate(model, tokenizer, prompts: list[str], samples: int, sample: bool
 
 
 def ours_generate(model, tokenizer, prompts: list[str], samples: int, sample: bool) -> int:
-    outs = R.generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS,
-                      num_samples=samples, temperature=0.7 if sample else 0.0,
-                      top_p=0.95 if sample else None, batch_size=16)
+    outs = llm_generation.generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS,
+                                   num_samples=samples, temperature=0.7 if sample else 0.0,
+                                   top_p=0.95 if sample else None, batch_size=16)
     return sum(c.n_tokens for pool in outs for c in pool)
 
 
 def main() -> None:
     torch.manual_seed(0)
     model, tokenizer, source = load_causal_lm("SmolLM2-135M-Instruct", "small")
-    problems = R.arithmetic_problems(4, seed=0)
-    prompts = [R.chat_prompt(tokenizer, p.question, SYSTEM, EXAMPLES) for p in problems]
+    problems = reasoning.arithmetic_problems(4, seed=0)
+    prompts = [llm_generation.chat_prompt(tokenizer, p.question, SYSTEM, EXAMPLES)
+               for p in problems]
     print(f"SmolLM2-135M-Instruct ({source}), {torch.get_num_threads()} threads, "
           f"{NEW_TOKENS} new tokens, median of {REPEATS}")
     for name, rows, samples, sample in [("greedy, 16 prompts", prompts[:16], 1, False),

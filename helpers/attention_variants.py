@@ -1,28 +1,17 @@
-"""Attention beyond scaled dot-product: additive (Bahdanau) attention, hard (argmax) attention,
-and head masking with gradient-based head importance (Michel et al., 2019).
+"""Attention beyond scaled dot-product: additive (Bahdanau) attention, hard (argmax) attention, and
+multi-head self-attention with Gaussian relative-position scores, which reproduces a convolution
+(Cordonnier et al. 2020; sharif-1404-hw3 T6).
 
 Masks follow ``helpers.attention``: boolean, ``True`` = may attend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from helpers.attention import MultiHeadAttention, scaled_dot_product_attention
-from helpers.layers import Embeddings, PositionalEncoding, PositionwiseFeedForward
-from helpers.transformer import EncoderLayer
-
-
-def _masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be boolean (True = may attend), got {mask.dtype}")
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return scores.softmax(dim=-1)
+from helpers.attention import masked_softmax
 
 
 class AdditiveAttention(nn.Module):
@@ -46,7 +35,7 @@ class AdditiveAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        weights = _masked_softmax(self.scores(q, k), mask)
+        weights = masked_softmax(self.scores(q, k), mask)
         return weights @ v, weights
 
 
@@ -82,7 +71,7 @@ class MultiHeadAdditiveAttention(nn.Module):
         scores = torch.einsum("bhqkd,hd->bhqk", features, self.score)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (B, Lq|1, Lk) -> (B, 1, Lq|1, Lk)
-        weights = _masked_softmax(scores, mask)
+        weights = masked_softmax(scores, mask)
         out = weights @ vh  # (B, nh, Lq, dh)
         batch, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), weights
@@ -100,163 +89,54 @@ def hard_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return one_hot @ v, index
 
 
-class MaskableMultiHeadAttention(MultiHeadAttention):
-    """:class:`helpers.attention.MultiHeadAttention` whose heads are scaled by ``head_mask
-    (n_heads,)`` before the output projection (1 = keep, 0 = pruned). ``head_mask`` may require
-    grad: ``dL/d head_mask[h]`` is Michel et al.'s importance signal of head h."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
-        super().__init__(d_model, n_heads, dropout, bias)
-        self.head_mask: Tensor = torch.ones(n_heads)
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None,
-                need_weights: bool = True) -> tuple[Tensor, Tensor]:
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        q = self._split_heads(self.q_proj(query))
-        k = self._split_heads(self.k_proj(key))
-        v = self._split_heads(self.v_proj(value))
-        out, weights = scaled_dot_product_attention(
-            q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)
-        self.last_weights = weights.detach()
-        out = out * self.head_mask.to(out.device).view(1, -1, 1, 1)  # (B, nh, Lq, dk)
-        batch, _, length, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.d_model)), weights
+# ------------------------------------------------ attention ≡ convolution (sharif-1404-hw3 T6)
 
 
-class HeadMaskedEncoderClassifier(nn.Module):
-    """A small Transformer encoder classifier with maskable heads: token ids ``(B, L)`` ->
-    logits ``(B, n_classes)``, read from the mean over positions (``pool="mean"``) or from
-    position 0 (``pool="first"``, a [CLS] token: then only attention brings the others in)."""
-
-    def __init__(self, vocab: int, n_classes: int, d_model: int = 32, n_heads: int = 4,
-                 n_layers: int = 2, d_ff: int = 64, max_len: int = 64, dropout: float = 0.0,
-                 pool: str = "mean"):
-        super().__init__()
-        if pool not in ("mean", "first"):
-            raise ValueError(f"pool must be 'mean' or 'first', got {pool!r}")
-        self.pool = pool
-        self.embed = nn.Sequential(Embeddings(d_model, vocab),
-                                   PositionalEncoding(d_model, dropout, max_len))
-        self.layers = nn.ModuleList(
-            EncoderLayer(d_model, MaskableMultiHeadAttention(d_model, n_heads, dropout),
-                         PositionwiseFeedForward(d_model, d_ff, dropout), dropout,
-                         norm=nn.LayerNorm)
-            for _ in range(n_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, n_classes)
-        self.n_layers, self.n_heads = n_layers, n_heads
-
-    def set_head_mask(self, mask: Tensor) -> None:
-        """Install ``mask (n_layers, n_heads)`` (views of it, so a grad-requiring mask works)."""
-        if mask.shape != (self.n_layers, self.n_heads):
-            raise ValueError(f"mask must be ({self.n_layers}, {self.n_heads}), "
-                             f"got {tuple(mask.shape)}")
-        for layer, row in zip(self.layers, mask, strict=True):
-            layer.self_attn.head_mask = row
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        x = self.embed(tokens)
-        for layer in self.layers:
-            x = layer(x, None)
-        x = self.norm(x)  # (B, L, d_model)
-        return self.head(x.mean(dim=1) if self.pool == "mean" else x[:, 0])
+def kernel_shifts(kernel_size: int) -> list[tuple[int, int]]:
+    """Δ_K of the question, in head order: (δ1, δ2) for δ ∈ [⌊−K/2⌋ … ⌊(K−1)/2⌋]² (row-major)."""
+    r = range(-(kernel_size // 2), (kernel_size - 1) // 2 + 1)
+    return [(a, b) for a in r for b in r]
 
 
-def head_importance(model: nn.Module, batches: Iterable[Any],
-                    loss_fn: Callable[[nn.Module, Any], Tensor], shape: tuple[int, int],
-                    normalize: bool = True, base_mask: Tensor | None = None) -> Tensor:
-    """Michel et al. (2019): ``I_h = sum over batches |dL/d xi_h|`` at ``xi = base_mask`` (all ones
-    by default), for a model with ``set_head_mask(mask (n_layers, n_heads))``. With ``normalize``
-    each layer's scores are divided by their L2 norm (the paper's layer-wise normalisation).
-    Returns ``(n_layers, n_heads)``."""
-    dtype = next(model.parameters()).dtype
-    start = torch.ones(shape) if base_mask is None else base_mask.detach()
-    mask = start.to(dtype).clone().requires_grad_(True)
-    model.set_head_mask(mask)
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(shape, dtype=dtype)
-    for batch in batches:
-        (grad,) = torch.autograd.grad(loss_fn(model, batch), mask)
-        total += grad.abs()
-    model.set_head_mask(torch.ones(shape, dtype=dtype))
-    model.train(was_training)
-    if normalize:
-        total = total / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return total
+def gaussian_relative_scores(height: int, width: int, shift: tuple[int, int], alpha: float,
+                             dtype: torch.dtype = torch.float64) -> Tensor:
+    """A^(h)_{q,k} = vᵀ r_δ with v = −α(1, −2Δ1, −2Δ2), r_δ = (‖δ‖², δ1, δ2), δ = k − q
+    (eq. 7 with W_q = W_k = 0): ``(HW, HW)``. Equals −α‖δ − Δ‖² + α‖Δ‖²."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack([rows.flatten(), cols.flatten()], -1).to(dtype)  # (HW, 2)
+    delta = pos.unsqueeze(0) - pos.unsqueeze(1)  # (q, k, 2): k − q
+    r = torch.cat([(delta ** 2).sum(-1, keepdim=True), delta], -1)  # (q, k, 3)
+    v = -alpha * torch.tensor([1.0, -2.0 * shift[0], -2.0 * shift[1]], dtype=dtype)
+    return r @ v
 
 
-def iterative_pruning_order(model: nn.Module, batches: Sequence[Any],
-                            loss_fn: Callable[[nn.Module, Any], Tensor],
-                            shape: tuple[int, int]) -> list[tuple[int, int]]:
-    """Michel et al.'s iterative pruning: mask the least important remaining head, recompute the
-    importance of the rest with that mask installed, repeat. Returns every head in pruning order."""
-    mask, order = torch.ones(shape), []
-    for _ in range(shape[0] * shape[1]):
-        scores = head_importance(model, batches, loss_fn, shape, normalize=False, base_mask=mask)
-        scores[mask == 0] = float("inf")  # already pruned
-        layer, head = divmod(int(scores.argmin()), shape[1])
-        mask[layer, head] = 0
-        order.append((layer, head))
-    return order
+def attention_as_convolution(image: Tensor, conv: nn.Conv2d, alpha: float) -> Tensor:
+    """Theorem 1 + 2 run in code: a K²-head self-attention over the zero-padded pixels of
+    ``image (C_in, H, W)`` with Gaussian relative scores (one head per shift Δ, W^(h) =
+    W_v^(h) W_out^(h) = the conv kernel at Δ, b_out = the conv bias) -> ``(C_out, H, W)``.
+    Equals ``conv(image)`` ('same' padding, dilation r: the head's shift is r·Δ) as α → ∞;
+    a stride s is the stride-1 output subsampled, ``[:, ::s, ::s]``."""
+    k, dil = conv.kernel_size[0], conv.dilation[0]
+    if conv.padding[0] != dil * (k // 2):
+        raise ValueError("the construction covers 'same' padding = dilation·(K//2)")
+    pad = dil * (k // 2)
+    c_in, h, w = image.shape
+    z = F.pad(image, (pad, pad, pad, pad))  # padded pixels are tokens with zero features
+    hp, wp = h + 2 * pad, w + 2 * pad
+    tokens = z.flatten(1).T.to(torch.float64)  # (N, C_in)
+    weight = conv.weight.detach().to(torch.float64)  # (C_out, C_in, K, K)
+    out = torch.zeros(hp * wp, weight.shape[0], dtype=torch.float64)
+    for d1, d2 in kernel_shifts(k):
+        probs = gaussian_relative_scores(hp, wp, (dil * d1, dil * d2), alpha).softmax(-1)
+        w_h = weight[:, :, d1 + k // 2, d2 + k // 2].T  # (C_in, C_out): W^(h)
+        out += probs @ tokens @ w_h
+    if conv.bias is not None:
+        out += conv.bias.detach().to(torch.float64)
+    out = out.T.reshape(-1, hp, wp)[:, pad:pad + h, pad:pad + w]
+    return out[:, ::conv.stride[0], ::conv.stride[1]]
 
 
-@torch.no_grad()
-def evaluate_with_mask(model: nn.Module, mask: Tensor, evaluate: Callable[[nn.Module], float],
-                       ) -> float:
-    """``evaluate(model)`` with ``mask (n_layers, n_heads)`` installed, then all heads restored."""
-    model.set_head_mask(mask.detach().clone())
-    try:
-        return evaluate(model)
-    finally:
-        model.set_head_mask(torch.ones_like(mask))
-
-
-def single_head_ablation(model: nn.Module, evaluate: Callable[[nn.Module], float],
-                         shape: tuple[int, int]) -> Tensor:
-    """The metric with each head masked alone: ``(n_layers, n_heads)``."""
-    table = torch.zeros(shape)
-    for layer in range(shape[0]):
-        for head in range(shape[1]):
-            mask = torch.ones(shape)
-            mask[layer, head] = 0
-            table[layer, head] = evaluate_with_mask(model, mask, evaluate)
-    return table
-
-
-def pruning_curve(model: nn.Module, evaluate: Callable[[nn.Module], float],
-                  order: Sequence[tuple[int, int]], shape: tuple[int, int]) -> list[float]:
-    """The metric after masking 0, 1, ..., len(order) heads cumulatively in ``order``."""
-    mask = torch.ones(shape)
-    values = [evaluate_with_mask(model, mask, evaluate)]
-    for layer, head in order:
-        mask[layer, head] = 0
-        values.append(evaluate_with_mask(model, mask, evaluate))
-    return values
-
-
-def reinforce_head_selection(reward: Callable[[Tensor], float], shape: tuple[int, int],
-                             episodes: int, lr: float = 0.1, samples: int = 8,
-                             generator: torch.Generator | None = None,
-                             ) -> tuple[Tensor, list[float]]:
-    """Learn independent Bernoulli keep-probabilities ``sigmoid(theta) (n_layers, n_heads)`` by
-    REINFORCE: each episode samples ``samples`` masks, scores each with ``reward(mask)`` and
-    ascends ``(R - mean R) * d log p(mask) / d theta`` (the batch mean is the baseline).
-
-    Returns the final keep-probabilities and the mean reward of each episode.
-    """
-    theta = torch.zeros(shape, requires_grad=True)
-    optimizer = torch.optim.Adam([theta], lr=lr)
-    history = []
-    for _ in range(episodes):
-        probs = torch.sigmoid(theta)
-        masks = torch.bernoulli(probs.detach().expand(samples, *shape), generator=generator)
-        rewards = torch.tensor([reward(m) for m in masks])
-        log_p = (masks * torch.log(probs) + (1 - masks) * torch.log1p(-probs)).sum((1, 2))
-        loss = -((rewards - rewards.mean()) * log_p).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(rewards.mean().item())
-    return torch.sigmoid(theta).detach(), history
+def mhsa_parameter_count(d_in: int, d_hid: int, d_o: int, d_out: int, n_heads: int) -> int:
+    """Trainable parameters of eq. (3): per head W_q, W_k (D_in × D_hid), W_v (D_in × D_o);
+    W_out (N_h D_o × D_out) and b_out (D_out)."""
+    return n_heads * (2 * d_in * d_hid + d_in * d_o) + n_heads * d_o * d_out + d_out

@@ -1,9 +1,10 @@
 """Image captioning with a frozen ViT encoder and a GPT-2 decoder inside a transformers
 ``VisionEncoderDecoderModel``: caption files (Flickr8k / COCO in one layout), encoder features
 pooled to a few tokens and cached on disk, a compact vocabulary over the GPT-2 tokenizer, training
-batches that draw one of an image's captions at random per epoch, the loss for
-:func:`helpers.training.fit`, decoding (greedy / beam, HF ``generate`` with ``encoder_outputs``)
-and corpus-level BLEU.
+batches that draw one of an image's captions at random per epoch, held-out batches of every
+caption, the loss for :func:`helpers.training.fit` and :func:`helpers.training.evaluate_loss`,
+decoding (greedy / beam, HF ``generate`` with ``encoder_outputs``) and a subject-word check
+(BLEU and the other caption metrics are in :mod:`helpers.metrics`).
 
 The encoder is frozen, so its output is computed once per image (:func:`image_features`) and
 passed to the model as ``encoder_outputs``; ``VisionEncoderDecoderModel`` then skips its encoder
@@ -254,20 +255,15 @@ def caption_batches(features: Tensor, captions: Sequence[Sequence[str]], vocab: 
     return batches
 
 
-@torch.no_grad()
-def heldout_loss(model: nn.Module, features: Tensor, captions: Sequence[Sequence[str]],
-                 vocab: CaptionVocab, max_len: int, batch_size: int = 64,
-                 device: torch.device | str = "cpu") -> float:
-    """Mean per-token loss over every caption of every image (no sampling)."""
-    total, count = 0.0, 0
+def heldout_batches(features: Tensor, captions: Sequence[Sequence[str]], vocab: CaptionVocab,
+                    max_len: int, batch_size: int = 64) -> Iterator[Batch]:
+    """Batches of every caption of every image, in order (no sampling): the held-out set of
+    :func:`helpers.training.evaluate_loss` with :func:`caption_loss`."""
     pairs = [(i, c) for i, caps in enumerate(captions) for c in caps]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         ids, mask = vocab.encode_batch([c for _, c in chunk], max_len)
-        batch = (features[[i for i, _ in chunk]].to(device), ids.to(device), mask.to(device))
-        loss, n = caption_loss(model, batch)
-        total, count = total + loss.item() * n, count + n
-    return total / count
+        yield features[[i for i, _ in chunk]], ids, mask
 
 
 @torch.no_grad()

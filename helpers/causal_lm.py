@@ -7,10 +7,11 @@
 - data: :func:`text_sequences` cuts a raw corpus (WikiText-2) into paragraphs of at most
   ``seq_len`` tokens; batches come from :func:`helpers.text.pad_collate`, which pads on the
   right and sets padded labels to -100;
-- loss and evaluation: :func:`causal_lm_loss` (``helpers.training.fit``'s signature) and
+- loss and evaluation: :func:`causal_lm_loss` (``helpers.training.fit``'s signature; also the
+  loss of the scratch :class:`helpers.gpt.GPT2`, which shares the interface) and
   :func:`evaluate_causal_lm` (token-weighted loss and perplexity);
-- cost: :class:`measure_cost` (wall and CPU seconds, peak memory) and :func:`finetune`, which
-  trains one method with ``fit`` and measures it;
+- fine-tuning: :func:`finetune` trains one method with ``fit`` and measures its cost with
+  :class:`helpers.nb.runtime.measure_cost`;
 - LoRA plumbing: :func:`peft_lora`, :func:`lora_module_names`, :func:`copy_lora_weights`,
   and :func:`conv1d_to_linear` for GPT-2's ``Conv1D`` projections.
 """
@@ -18,11 +19,7 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import math
-import sys
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +29,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from helpers.nb.runtime import measure_cost
+from helpers.training import count_parameters, evaluate_loss, fit, warmup_cosine_lambda
 
 TINY_RANDOM = "tiny-random-llama"  # the smoke profile's model: random weights, no asset
 
@@ -178,102 +178,21 @@ def lm_loader(sequences: Sequence[Tensor], pad_id: int, batch_size: int, shuffle
 # ------------------------------------------------------------------ loss and evaluation
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-    """Mean next-token loss of a padded batch (HF shifts the labels and skips -100) and the
-    number of predicted tokens, as ``helpers.training.fit`` expects."""
+    """Mean next-token loss of a padded batch ``{input_ids, attention_mask, labels}`` ``(B, T)``
+    and the number of predicted tokens, as ``helpers.training.fit`` expects. The model shifts
+    the labels and skips -100 itself: a Hugging Face causal LM, or :class:`helpers.gpt.GPT2`,
+    which has the same interface."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 labels=batch["labels"])
-    return out.loss, int((batch["labels"][:, 1:] != -100).sum())
+    return out["loss"], int((batch["labels"][:, 1:] != -100).sum())
 
 
-@torch.no_grad()
 def evaluate_causal_lm(model: nn.Module, batches: Iterable[dict[str, Tensor]],
                        device: torch.device | str | None = None) -> dict[str, float]:
-    """Token-weighted mean loss (nats/token) and perplexity over padded batches."""
-    from helpers.training import to_device
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in batches:
-        loss, n = causal_lm_loss(model, to_device(batch, device))
-        total, count = total + loss.item() * n, count + n
-    model.train(was_training)
-    if count == 0:
-        raise ValueError("evaluate_causal_lm got no tokens to score")
-    return {"val_loss": total / count, "val_perplexity": math.exp(total / count)}
-
-
-# ------------------------------------------------------------------------------ cost
-
-def _rss_bytes(field_name: str) -> int | None:
-    """``VmRSS`` or ``VmHWM`` of this process in bytes (Linux), else None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (``VmHWM``) via ``/proc/self/clear_refs``."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _release_memory() -> None:
-    """Collect garbage and give freed heap back to the OS (glibc), so RSS reflects live data."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class measure_cost:  # noqa: N801 - used as a context manager, reads like a function
-    """``with measure_cost(device) as cost: ...`` then ``cost.seconds``, ``cost.cpu_seconds``,
-    ``cost.peak_mb`` and ``cost.memory_kind``.
-
-    Peak memory is, on CUDA, the peak of ``torch.cuda.max_memory_allocated`` minus the
-    allocation before the block; on the CPU (Linux), the peak resident-set size of the process
-    during the block (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the RSS before
-    it — every byte the block added, allocator and Python included. Elsewhere it is NaN.
-    """
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self.seconds = self.cpu_seconds = self.peak_mb = float("nan")
-        self.memory_kind = "unavailable"
-
-    def __enter__(self) -> measure_cost:
-        _release_memory()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.memory_kind = "CUDA peak allocated - before"
-        else:
-            self._base = _rss_bytes("VmRSS")
-            if self._base is not None and _reset_peak_rss():
-                self.memory_kind = "peak RSS - RSS before"
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _rss_bytes("VmHWM") if self.memory_kind != "unavailable" else None
-        self.seconds = time.perf_counter() - self._wall
-        self.cpu_seconds = time.process_time() - self._cpu
-        if peak is not None and self._base is not None:
-            self.peak_mb = max(0, peak - self._base) / 2**20
+    """Token-weighted mean loss (nats/token, :func:`helpers.training.evaluate_loss` of
+    :func:`causal_lm_loss`) and its perplexity over padded batches."""
+    loss = evaluate_loss(model, batches, causal_lm_loss, device)
+    return {"val_loss": loss, "val_perplexity": math.exp(loss)}
 
 
 # ---------------------------------------------------------------------- fine-tuning
@@ -308,13 +227,6 @@ class MethodResult:
                 "cpu_s/step": self.cpu_s_per_step, "peak_MB": self.peak_mb}
 
 
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts; tied weights counted once."""
-    unique = {id(p): p for p in model.parameters()}.values()
-    return (sum(p.numel() for p in unique if p.requires_grad),
-            sum(p.numel() for p in unique))
-
-
 def finetune(model: nn.Module, method: str, train_loader, eval_loader, *, lr: float,
              epochs: int = 1, rank: int | None = None, warmup_fraction: float = 0.1,
              weight_decay: float = 0.0, clip_grad_norm: float | None = 1.0,
@@ -322,10 +234,9 @@ def finetune(model: nn.Module, method: str, train_loader, eval_loader, *, lr: fl
              ) -> MethodResult:
     """Train the trainable parameters of ``model`` with AdamW (linear warm-up, cosine decay)
     through :func:`helpers.training.fit`, measuring the training alone
-    (:class:`measure_cost`), then evaluate. ``reference_total`` (the base model's size)
-    is the denominator of the trainable percentage (prefix tuning adds parameters)."""
-    from helpers.training import fit, warmup_cosine_lambda
-
+    (:class:`helpers.nb.runtime.measure_cost`), then evaluate. ``reference_total`` (the base
+    model's size) is the denominator of the trainable percentage (prefix tuning adds
+    parameters)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{method}: the model has no trainable parameters")
@@ -338,8 +249,8 @@ def finetune(model: nn.Module, method: str, train_loader, eval_loader, *, lr: fl
         history = fit(model, train_loader, causal_lm_loss, optimizer, epochs, scheduler=schedule,
                       clip_grad_norm=clip_grad_norm, device=device, desc=method)
     metrics = evaluate_causal_lm(model, eval_loader, device)
-    trainable, total = parameter_counts(model)
-    return MethodResult(method, rank, lr, trainable, reference_total or total,
+    trainable = count_parameters(model, trainable_only=True)
+    return MethodResult(method, rank, lr, trainable, reference_total or count_parameters(model),
                         metrics["val_loss"], metrics["val_perplexity"], steps,
                         cost.seconds / steps, cost.cpu_seconds / steps, cost.peak_mb,
                         list(history.step_losses))

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
+
+from helpers.text import LengthBucketSampler
+from helpers.training import evaluate_loss
 
 PAD = 0
 VOCAB = 256
@@ -64,19 +67,11 @@ def shift_left(tensor_list: Sequence[Tensor], pad_value: int = PAD) -> list[Tens
 
 def batches(sequences: Sequence[Tensor], batch_size: int,
             generator: torch.Generator | None = None) -> list[list[Tensor]]:
-    """Lists of sequences, shuffled with ``generator`` (if given) and sorted by length inside
-    windows of 50 batches so that padding stays small."""
-    order = (torch.randperm(len(sequences), generator=generator).tolist() if generator is not None
-             else list(range(len(sequences))))
-    window = batch_size * 50
-    groups = []
-    for start in range(0, len(order), window):
-        part = sorted(order[start:start + window], key=lambda i: len(sequences[i]))
-        groups += [[sequences[i] for i in part[j:j + batch_size]]
-                   for j in range(0, len(part), batch_size)]
-    if generator is not None:
-        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
-    return groups
+    """Lists of sequences from :class:`helpers.text.LengthBucketSampler` (pools of 50 batches
+    sorted by length, so that padding stays small), shuffled with ``generator`` if given."""
+    sampler = LengthBucketSampler([len(s) for s in sequences], batch_size, generator,
+                                  pool_batches=50)
+    return [[sequences[i] for i in index] for index in sampler]
 
 
 class GRUCell(nn.Module):
@@ -200,14 +195,12 @@ def lm_loss(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, int]:
     return loss_fn(logits, targets), int((targets != PAD).sum())
 
 
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, groups: Sequence[Sequence[Tensor]]) -> dict[str, float]:
-    """Character-weighted validation loss (nats/char) and bits per character."""
-    total, count = 0.0, 0
-    for batch in groups:
-        loss, n = lm_loss(model, batch)
-        total, count = total + loss.item() * n, count + n
-    return {"val_loss": total / count, "val_bpc": total / count / math.log(2)}
+def evaluate(model: nn.Module, groups: Iterable[Sequence[Tensor]],
+             device: torch.device | str | None = None) -> dict[str, float]:
+    """Character-weighted validation loss (nats/char, :func:`helpers.training.evaluate_loss`
+    of :func:`lm_loss`) and the same in bits per character."""
+    loss = evaluate_loss(model, groups, lm_loss, device)
+    return {"val_loss": loss, "val_bpc": loss / math.log(2)}
 
 
 def repeated_line_rate(texts: Sequence[str]) -> float:

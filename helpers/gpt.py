@@ -116,10 +116,6 @@ class GPT2(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_parameters(self) -> int:
-        """Trainable parameters, the tied matrix counted once."""
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None) -> dict[str, Tensor | None]:
         """Logits ``(B, T, vocab)``; with ``labels (B, T)`` also the mean next-token loss,
@@ -164,28 +160,6 @@ class GPT2(nn.Module):
             if eos_token_id is not None:
                 finished |= next_id == eos_token_id
         return ids
-
-
-def lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-    """Mean next-token loss of a padded batch and the number of predicted tokens
-    (``helpers.training.fit``'s loss signature)."""
-    out = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return out["loss"], int((batch["labels"][:, 1:] != -100).sum())
-
-
-@torch.no_grad()
-def evaluate_lm(model: nn.Module, loader, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Token-weighted mean loss (nats) and perplexity over a DataLoader of padded batches."""
-    from helpers.training import to_device
-
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        loss, n = lm_loss(model, to_device(batch, device))
-        total, count = total + loss.item() * n, count + n
-    if count == 0:
-        raise ValueError("evaluate_lm got no tokens to score")
-    return {"val_loss": total / count, "val_perplexity": math.exp(total / count)}
 
 
 @torch.no_grad()

@@ -1,10 +1,12 @@
-"""Transformer building blocks in the form of the Annotated Transformer handout."""
+"""Transformer building blocks in the form of the Annotated Transformer handout, and the sinusoidal
+shift operator T^(k) beside the positional encoding (sharif-1402-hw3 T5, sharif-1404-hw3 T2(d))."""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +86,63 @@ def sinusoidal_positional_encoding(n_positions: int, d_model: int, *,
     pe[:, 0::2] = torch.sin(position / div_term)
     pe[:, 1::2] = torch.cos(position / div_term)
     return pe.to(dtype)
+
+
+def sinusoidal_frequencies(d_model: int, first: int = 0,
+                           dtype: torch.dtype = torch.float64) -> Tensor:
+    """λ_m = 10000^(−2m/d_model) for m = first … first + d_model/2 − 1 ``(d_model/2,)``: the
+    table's m = 0 … (``first=0``) or the sharif-1402-hw3 T5 question's m = 1 … (``first=1``)."""
+    return torch.pow(10000.0, -torch.arange(2 * first, 2 * first + d_model, 2, dtype=dtype)
+                     / d_model)
+
+
+def shift_operator(k: int, lam: Tensor) -> Tensor:
+    """T^(k) ``(d, d)``: block-diagonal with one 2×2 rotation [[cos kλ, sin kλ], [−sin kλ,
+    cos kλ]] per frequency λ in ``lam (d/2,)``, so that T^(k) e(t) = e(t + k)."""
+    c, s = torch.cos(k * lam), torch.sin(k * lam)
+    blocks = torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)  # (d/2, 2, 2)
+    return torch.block_diag(*blocks)
+
+
+@dataclass(frozen=True)
+class ShiftCheck:
+    """What :func:`shift_operator_check` measured (max absolute errors, float64)."""
+
+    errors: dict[int, tuple[float, float]]  # k -> (paper's frequencies, question's)
+    orthogonality_error: float  # max |T^(k)ᵀ T^(k) − I| at the largest k
+    power_error: float  # max |(T^(1))^k − T^(k)| at the largest k
+    transposed_error: float  # the wrong operator T^(1)ᵀ: max |T^(1)ᵀ e(t) − e(t+1)|
+
+    @property
+    def max_error(self) -> float:
+        """The largest shift error over every k and both frequency sets."""
+        return max(max(pair) for pair in self.errors.values())
+
+
+def shift_operator_check(n_positions: int, d_model: int, shifts: Sequence[int]) -> ShiftCheck:
+    """T^(k) e(t) = e(t + k) checked for every valid t ∈ {1..n−k} and k in ``shifts``, in float64,
+    on the table of :func:`sinusoidal_positional_encoding` (the paper's frequencies, m = 0 …) and
+    on the question's encoding (f_m = 10000^(2m/d), m = 1 …, positions t = 1 … n); plus
+    orthogonality of T^(k), T^(k) = (T^(1))^k, and that the transposed rotation fails."""
+    table = sinusoidal_positional_encoding(n_positions, d_model, dtype=torch.float64)  # (n, d)
+    lam = sinusoidal_frequencies(d_model)
+    lam_question = sinusoidal_frequencies(d_model, first=1)
+    t = torch.arange(1, n_positions + 1, dtype=torch.float64).unsqueeze(1)
+    question = torch.stack([torch.sin(t * lam_question), torch.cos(t * lam_question)],
+                           -1).flatten(1)  # (n, d), interleaved sin/cos
+
+    def error(e: Tensor, k: int, frequencies: Tensor) -> float:
+        return (e[:n_positions - k] @ shift_operator(k, frequencies).T - e[k:]).abs().max().item()
+
+    errors = {k: (error(table, k, lam), error(question, k, lam_question)) for k in shifts}
+    k = max(shifts)
+    t_1, t_k = shift_operator(1, lam), shift_operator(k, lam)
+    eye = torch.eye(d_model, dtype=torch.float64)
+    return ShiftCheck(
+        errors=errors,
+        orthogonality_error=(t_k.T @ t_k - eye).abs().max().item(),
+        power_error=(torch.linalg.matrix_power(t_1, k) - t_k).abs().max().item(),
+        transposed_error=(table[:-1] @ t_1 - table[1:]).abs().max().item())
 
 
 class PositionalEncoding(nn.Module):

@@ -22,7 +22,7 @@ class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable rank-``r`` update scaled by ``alpha / r``.
 
     ``forward(x (..., in))`` -> ``(..., out)``. ``merge()`` folds (α/r)·B A into the base
-    weight (no extra cost at inference), ``unmerge()`` takes it out again.
+    weight (no extra cost at inference).
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0):
@@ -58,13 +58,6 @@ class LoRALinear(nn.Module):
             self.base.weight += self.delta_weight()
             self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update again (inverse of :meth:`merge`)."""
-        if self.merged:
-            self.base.weight -= self.delta_weight()
-            self.merged = False
-
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"
 
@@ -81,11 +74,6 @@ def apply_lora(module: nn.Module, r: int, alpha: float = 1.0,
         else:
             apply_lora(child, r, alpha, names)
     return module
-
-
-def count_trainable(module: nn.Module) -> int:
-    """Number of parameters with ``requires_grad``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def lora_parameters(d_in: int, d_out: int, r: int) -> int:

@@ -23,11 +23,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from helpers.training import EarlyStopping, History, fit, to_device, warmup_cosine_lambda
+from helpers.training import (
+    EarlyStopping,
+    History,
+    evaluate_loss,
+    fit,
+    to_device,
+    warmup_cosine_lambda,
+)
 from helpers.transformer import (
     EncoderDecoder,
     Seq2SeqBatch,
-    greedy_decode_until_end,
+    greedy_decode,
     make_model,
     make_seq2seq_batch,
     seq2seq_loss,
@@ -223,9 +230,8 @@ def translate(model: EncoderDecoder, words: Sequence[str], batch_size: int = 102
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start: start + batch_size]
         src, src_mask = pad_sources(chunk)
-        ys = greedy_decode_until_end(model, src.to(device), src_mask.to(device),
-                                     max(map(max_target_length, chunk)), SOS, EOS, pad=PAD,
-                                     causal=causal)
+        ys = greedy_decode(model, src.to(device), src_mask.to(device),
+                           max(map(max_target_length, chunk)), SOS, EOS, pad=PAD, causal=causal)
         out.update(zip(chunk, (decode_ids(row[1:]) for row in ys.tolist()), strict=True))
     return out
 
@@ -246,15 +252,10 @@ def attention_maps(model: EncoderDecoder, word: str, translation: str,
     return [layer.src_attn.last_weights[0].mean(0).cpu() for layer in model.decoder.layers]
 
 
-def mean_loss(model: EncoderDecoder, batches: Sequence[Seq2SeqBatch],
-              device: torch.device | str | None = None) -> float:
-    """Teacher-forced NLL per target token over ``batches`` (nats)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            loss, n = seq2seq_loss(model, to_device(batch, device), pad=PAD)
-            total, count = total + loss.item() * n, count + n
-    return total / count
+def translation_loss(model: EncoderDecoder, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
+    """``fit``'s loss: teacher-forced NLL per target token (nats, padding ignored) and the
+    number of target tokens."""
+    return seq2seq_loss(model, batch, pad=PAD)
 
 
 @dataclass
@@ -303,14 +304,12 @@ def train_translator(name: str, train_pairs: Sequence[Pair], val_pairs: Sequence
         train = bucket_batches(train_pairs, batch_size, generator)
         return train if causal else [without_causal_mask(b) for b in train]
 
-    def loss_fn(model: EncoderDecoder, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
-        return seq2seq_loss(model, batch, pad=PAD)
-
     stopper = EarlyStopping("val_loss", "min", patience=patience, restore_best=True)
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = fit(model, batches, loss_fn, optimizer, epochs, scheduler=scheduler, device=device,
-                  evaluate=lambda m: {"val_loss": mean_loss(m, val_batches, device)},
-                  callbacks=[stopper], desc=name)
+    history = fit(model, batches, translation_loss, optimizer, epochs, scheduler=scheduler,
+                  device=device, callbacks=[stopper], desc=name,
+                  evaluate=lambda m: {"val_loss": evaluate_loss(m, val_batches, translation_loss,
+                                                                device)})
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return TranslatorRun(name, model.eval(), history, seconds, cpu_seconds, float(stopper.best),
                          int(stopper.best_epoch), causal)

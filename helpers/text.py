@@ -133,25 +133,31 @@ class LengthBucketSampler(torch.utils.data.Sampler):
     """Batches of similar length, to waste little compute on padding.
 
     Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort
-    each pool by length, cut it into batches, and shuffle the batch order. Every index is
-    used once per epoch; the order depends on ``generator`` alone.
+    each pool by length (stably), cut it into batches, and shuffle the batch order. Every
+    index is used once per epoch; the order depends on ``generator`` alone. Without a
+    ``generator`` nothing is shuffled (the same batches every time, e.g. for evaluation).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator,
-                 pool_batches: int = 50):
+    def __init__(self, lengths: Sequence[int], batch_size: int,
+                 generator: torch.Generator | None, pool_batches: int = 50):
         self.lengths = torch.as_tensor(lengths)
         self.batch_size, self.generator = batch_size, generator
         self.pool = batch_size * pool_batches
 
+    def _order(self, n: int) -> Tensor:
+        if self.generator is None:
+            return torch.arange(n)
+        return torch.randperm(n, generator=self.generator)
+
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator)
+        order = self._order(len(self.lengths))
         batches = []
         for start in range(0, len(order), self.pool):
             pool = order[start:start + self.pool]
             pool = pool[self.lengths[pool].argsort(stable=True)]
             batches += [pool[i:i + self.batch_size].tolist()
                         for i in range(0, len(pool), self.batch_size)]
-        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+        for i in self._order(len(batches)).tolist():
             yield batches[i]
 
     def __len__(self) -> int:

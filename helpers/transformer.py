@@ -144,15 +144,31 @@ def make_model(src_vocab: int, tgt_vocab: int, N: int = 6, d_model: int = 512,  
 
 @torch.no_grad()
 def greedy_decode(model: EncoderDecoder, src: Tensor, src_mask: Tensor | None, max_len: int,
-                  start_symbol: int) -> Tensor:
+                  start_symbol: int, end_symbol: int | None = None, pad: int = 0,
+                  causal: bool = True) -> Tensor:
     """Decode ``(B, S)`` sources one token at a time, always taking the most likely next
-    token; returns ``(B, max_len)`` ids starting with ``start_symbol``."""
+    token; returns ``(B, L)`` ids starting with ``start_symbol``.
+
+    Without ``end_symbol`` (the handout's version) ``L = max_len``. With it, decoding stops
+    once every sequence has produced ``end_symbol`` (``L <= max_len``) and ``pad`` fills each
+    sequence after its end. ``causal=False`` lets every decoder position attend to the whole
+    prefix decoded so far (for a decoder trained without the causal mask).
+    """
     memory = model.encode(src, src_mask)
     ys = torch.full((src.shape[0], 1), start_symbol, dtype=src.dtype, device=src.device)
+    done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
     for _ in range(max_len - 1):
-        out = model.decode(memory, src_mask, ys, subsequent_mask(ys.shape[1]).to(src.device))
-        next_word = model.generator(out[:, -1]).argmax(dim=-1, keepdim=True)  # (B, 1)
-        ys = torch.cat([ys, next_word], dim=1)
+        length = ys.shape[1]
+        tgt_mask = (subsequent_mask(length) if causal
+                    else torch.ones(1, length, length, dtype=torch.bool)).to(src.device)
+        out = model.decode(memory, src_mask, ys, tgt_mask)
+        next_word = model.generator(out[:, -1]).argmax(dim=-1)  # (B,)
+        if end_symbol is not None:
+            next_word = next_word.masked_fill(done, pad)
+            done |= next_word == end_symbol
+        ys = torch.cat([ys, next_word.unsqueeze(1)], dim=1)
+        if bool(done.all()):
+            break
     return ys
 
 
@@ -248,31 +264,3 @@ def torch_decoder_layer_like(layer: DecoderLayer) -> nn.TransformerDecoderLayer:
     for i, norm in enumerate((ref.norm1, ref.norm2, ref.norm3)):
         _copy_norm(norm, layer.sublayer[i].norm)
     return ref
-
-
-# ------------------------------------------------- batched greedy decoding with an end token
-
-@torch.no_grad()
-def greedy_decode_until_end(model: EncoderDecoder, src: Tensor, src_mask: Tensor | None,
-                            max_len: int, start_symbol: int, end_symbol: int, pad: int = 0,
-                            causal: bool = True) -> Tensor:
-    """Greedy decoding of ``(B, S)`` sources that stops once every sequence has produced
-    ``end_symbol``; returns ``(B, L)`` ids, ``L <= max_len``, starting with ``start_symbol``,
-    with ``pad`` after each sequence's end. ``causal=False`` lets every decoder position
-    attend to the whole prefix decoded so far (for a decoder trained without the causal
-    mask); with ``causal=True`` the tokens equal :func:`greedy_decode`'s up to each end."""
-    memory = model.encode(src, src_mask)
-    ys = torch.full((src.shape[0], 1), start_symbol, dtype=src.dtype, device=src.device)
-    done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-    for _ in range(max_len - 1):
-        length = ys.shape[1]
-        tgt_mask = (subsequent_mask(length) if causal
-                    else torch.ones(1, length, length, dtype=torch.bool)).to(src.device)
-        out = model.decode(memory, src_mask, ys, tgt_mask)
-        next_word = model.generator(out[:, -1]).argmax(dim=-1)  # (B,)
-        next_word = next_word.masked_fill(done, pad)
-        ys = torch.cat([ys, next_word.unsqueeze(1)], dim=1)
-        done |= next_word == end_symbol
-        if bool(done.all()):
-            break
-    return ys

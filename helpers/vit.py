@@ -8,12 +8,16 @@ reading which tensor is which from the names of the ONNX nodes that use them (th
 :func:`onnx_attention_probs` runs the ONNX graph itself with onnxruntime and returns its softmax
 outputs, so that the rebuilt model can be checked against it.
 
+:func:`interpolate_position_embeddings` and :func:`replicate_token_mixing` carry a ViT's position
+embeddings and an MLP-Mixer's token-mixing layer to a larger image (sharif-1402-hw3 T4).
+
 Backbones are transformers ``ViTModel``/``Dinov2Model``-like modules: ``embeddings``,
 ``encoder.layer[i]`` (each with ``attention.{q,k,v,o}_proj``), ``layernorm``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -293,14 +297,6 @@ def run_layers(backbone: nn.Module, hidden: Tensor, start: int, stop: int | None
 
 
 @torch.no_grad()
-def hidden_at(backbone: nn.Module, pixels: Tensor, layer: int, batch_size: int = 64,
-              progress: Callable | None = None) -> Tensor:
-    """The token states entering encoder layer ``layer`` for ``pixels (N, 3, H, W)``:
-    ``(N, T, D)`` (``layer = n_layers`` gives the states before the final norm)."""
-    return encode_images(backbone, pixels, layer, batch_size=batch_size, progress=progress)
-
-
-@torch.no_grad()
 def encode_images(backbone: nn.Module, images: Tensor | np.ndarray, layer: int,
                   size: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                   std: Sequence[float] = IMAGENET_STD, batch_size: int = 64,
@@ -320,7 +316,8 @@ def encode_images(backbone: nn.Module, images: Tensor | np.ndarray, layer: int,
 class ViTClassifier(nn.Module):
     """``backbone`` + a linear head on :func:`pooled` features: pixels ``(B, 3, H, W)`` -> logits
     ``(B, n_classes)``. ``start_layer > 0`` makes ``forward`` take the token states entering that
-    layer ``(B, T, D)`` instead of pixels (the frozen prefix cached once, see :func:`hidden_at`)."""
+    layer ``(B, T, D)`` instead of pixels (the frozen prefix cached once by
+    :func:`encode_images`)."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, start_layer: int = 0):
         super().__init__()
@@ -350,16 +347,6 @@ def freeze_except_last(model: ViTClassifier, n_trainable_layers: int) -> list[nn
     return [p for p in model.parameters() if p.requires_grad]
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, inputs: Tensor, batch_size: int = 128) -> Tensor:
-    """``model`` over ``inputs`` in batches (eval mode): logits ``(N, C)``."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x) for (x,) in batches(inputs, None, batch_size)])
-    model.train(was_training)
-    return out
-
-
 def top_k(logits: Tensor, labels: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
     """Per row of ``logits (N, C)``: the ``k`` most probable ``(label, probability)`` pairs."""
     probs = logits.softmax(dim=-1)
@@ -385,3 +372,31 @@ def layer_inputs(backbone: nn.Module, inputs: Tensor, start: int = 0, batch_size
             out = layer(h)
             h = out[0] if isinstance(out, tuple) else out
     return [torch.cat(s) for s in states]
+
+
+# ----------------------------------------------------------------- a larger input resolution
+
+def interpolate_position_embeddings(pos: Tensor, new_grid: tuple[int, int],
+                                    n_prefix: int = 1, mode: str = "bicubic") -> Tensor:
+    """2-D interpolation of ViT position embeddings (ViT paper §3.2): ``pos (1, P + g·g, D)``
+    with ``n_prefix`` P leading tokens ([CLS]) kept as they are -> ``(1, P + h'·w', D)``."""
+    prefix, grid = pos[:, :n_prefix], pos[:, n_prefix:]
+    side = math.isqrt(grid.shape[1])
+    if side * side != grid.shape[1]:
+        raise ValueError(f"{grid.shape[1]} patch positions do not form a square grid")
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+    grid = nn.functional.interpolate(grid, size=new_grid, mode=mode, align_corners=False)
+    return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])], 1)
+
+
+def replicate_token_mixing(linear: nn.Linear, copies: int) -> nn.Linear:
+    """A token-mixing layer for ``copies`` times as many tokens: block-diagonal copies of
+    ``linear``'s weight (S_in → S_out becomes copies·S_in → copies·S_out), i.e. the original
+    layer applied to each group of S_in consecutive tokens."""
+    out = nn.Linear(copies * linear.in_features, copies * linear.out_features,
+                    bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(torch.block_diag(*[linear.weight] * copies))
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.repeat(copies))
+    return out

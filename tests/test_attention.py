@@ -1,10 +1,15 @@
-"""helpers.attention against PyTorch's SDPA and nn.MultiheadAttention (atol 1e-5)."""
+"""helpers.attention against PyTorch's SDPA and nn.MultiheadAttention (atol 1e-5), and the checks
+of the attention theory questions (Monte Carlo moments, the head constructions, attention as a
+matrix)."""
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from helpers import attention
 from helpers.attention import MultiHeadAttention, scaled_dot_product_attention, torch_multihead_like
 from helpers.layers import subsequent_mask
 
@@ -82,3 +87,80 @@ def test_multihead_rejects_wrong_shapes():
     mha = MultiHeadAttention(8, 2)
     with pytest.raises(ValueError, match=r"\(batch, seq, 8\)"):
         mha(torch.randn(2, 3, 6), torch.randn(2, 3, 6), torch.randn(2, 3, 6))
+
+
+def test_dot_product_variance_grows_like_d_k_and_scaling_fixes_it():
+    g = torch.Generator().manual_seed(0)
+    for d in (4, 64, 256):
+        mean, var = attention.dot_product_moments(d, 20000, g)
+        assert abs(var / d - 1) < 0.06 and abs(mean) < 0.1 * math.sqrt(d)
+        _, var_s = attention.dot_product_moments(d, 20000, g, scaled=True)
+        assert abs(var_s - 1) < 0.06
+
+
+def test_softmax_saturates_without_scaling():
+    g = torch.Generator().manual_seed(0)
+    raw = attention.softmax_saturation(512, 16, 500, scaled=False, generator=g)
+    scaled = attention.softmax_saturation(512, 16, 500, scaled=True, generator=g)
+    assert raw["max_weight"] > 0.9 > scaled["max_weight"]
+    assert raw["jacobian_norm"] < scaled["jacobian_norm"]
+
+
+def test_projector_recovers_component():
+    g = torch.Generator().manual_seed(0)
+    basis = attention.orthonormal_columns(10, 6, g)
+    a, b = basis[:, :3], basis[:, 3:]
+    v_a, v_b = a @ torch.randn(3, dtype=torch.float64), b @ torch.randn(3, dtype=torch.float64)
+    assert_close(attention.projector(a) @ (v_a + v_b), v_a)
+
+
+def test_attend_is_unscaled_sdpa_for_one_query():
+    q, keys, values = torch.randn(4, 6), torch.randn(4, 5, 6), torch.randn(5, 3)
+    c, alpha = attention.attend(q, keys, values)
+    ref = F.scaled_dot_product_attention(q[:, None], keys, values.expand(4, 5, 3), scale=1.0)
+    assert_close(c, ref[:, 0], **TOL)
+    assert_close(alpha.sum(-1), torch.ones(4), **TOL)
+
+
+def test_sample_keys_covariance():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.eye(3, dtype=torch.float64)
+    keys = attention.sample_keys(mu, 0.01, 40000, stretched=0, stretch=0.5, generator=g)
+    cov_a = torch.cov(keys[:, 0].T)
+    assert_close(cov_a, 0.01 * torch.eye(3, dtype=torch.float64) + 0.5 * torch.outer(mu[0], mu[0]),
+                 atol=0.02, rtol=0)
+    assert_close(torch.cov(keys[:, 1].T), 0.01 * torch.eye(3, dtype=torch.float64),
+                 atol=0.002, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_equals_its_matrix(causal):
+    n, d, dv = 5, 4, 3
+    x = torch.randn(n, d, dtype=torch.float64)
+    wq, wk, wv = (torch.randn(d, k, dtype=torch.float64) for k in (6, 6, dv))
+    m = attention.self_attention_as_matrix(x, wq, wk, wv, causal)
+    y = attention.attention_weights(x, wq, wk, causal) @ x @ wv
+    assert m.shape == (n * dv, n * d)
+    assert_close(m @ x.flatten(), y.flatten())
+    ref = F.scaled_dot_product_attention(
+        (x @ wq)[None], (x @ wk)[None], (x @ wv)[None], is_causal=causal)[0]
+    assert_close(y, ref)
+    if causal:
+        assert m[:dv, d:].abs().max() == 0  # blocks above the diagonal vanish
+
+
+def test_one_head_average_is_fragile_and_two_heads_are_not():
+    g = torch.Generator().manual_seed(0)
+    w = attention.noisy_key_averaging(d=16, n_keys=6, beta=20.0, alpha=1e-6, stretch=0.5,
+                                      n_samples=400, generator=g)
+    assert all(v.shape == (400,) for v in w.values())
+    assert (w["one_head_calm"] - 0.5).abs().max() < 0.05  # (c)(i): tiny noise, the average
+    single = w["one_head_stretched"]
+    assert ((single > 0.95) | (single < 0.05)).double().mean() > 0.6  # (c)(ii): v_a or v_b
+    two = w["two_heads_stretched"][w["head1_key_score"] > 0]
+    assert ((two - 0.5).abs() < 0.05).double().mean() > 0.85  # (d)(ii): still the average
+
+
+def test_averaging_fractions_count_each_band():
+    f = attention.averaging_fractions(torch.tensor([0.0, 0.02, 0.5, 0.53, 0.97, 0.7, 1.0, 0.3]))
+    assert f == {"near_average": 2 / 8, "at_a": 2 / 8, "at_b": 2 / 8, "at_a_or_b": 4 / 8}

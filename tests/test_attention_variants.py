@@ -1,11 +1,11 @@
-"""helpers.attention_variants: additive, hard (argmax) attention; head masking and importance."""
+"""helpers.attention_variants: additive, hard (argmax) attention; attention ≡ convolution."""
 
 import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
 
 from helpers import attention_variants as av
-from helpers.attention import MultiHeadAttention
 
 
 def test_additive_attention_matches_explicit_loop():
@@ -64,87 +64,40 @@ def test_hard_attention_picks_argmax_and_passes_no_gradient_to_q_k():
     assert_close(v.grad, counts[..., None].float().expand_as(v))
 
 
-def test_maskable_mha_equals_base_with_ones_and_zeroes_heads():
-    base = MultiHeadAttention(16, 4).eval()
-    m = av.MaskableMultiHeadAttention(16, 4).eval()
-    m.load_state_dict(base.state_dict())
-    x = torch.randn(2, 5, 16)
-    assert_close(m(x, x, x)[0], base(x, x, x)[0])
-    m.head_mask = torch.zeros(4)
-    assert_close(m(x, x, x)[0], m.out_proj.bias.expand(2, 5, 16))
+def test_gaussian_scores_simplify():
+    s = av.gaussian_relative_scores(4, 5, (1, -1), alpha=2.0)
+    q, k = 7, 13  # pixels (1, 2) and (2, 3)
+    delta = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    shift = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    expected = -2.0 * ((delta - shift) ** 2).sum() + 2.0 * (shift ** 2).sum()
+    assert_close(s[q, k], expected)
 
 
-def test_head_importance_equals_finite_differences():
-    torch.manual_seed(0)
-    model = av.HeadMaskedEncoderClassifier(vocab=7, n_classes=2, d_model=16, n_heads=2,
-                                           n_layers=2, d_ff=32, max_len=8).double()
-    tokens, labels = torch.randint(0, 7, (6, 8)), torch.randint(0, 2, (6,))
-
-    def loss_fn(mdl, batch):
-        return torch.nn.functional.cross_entropy(mdl(batch[0]), batch[1])
-
-    raw = av.head_importance(model, [(tokens, labels)], loss_fn, (2, 2), normalize=False)
-    eps = 1e-6
-    for layer in range(2):
-        for head in range(2):
-            plus = torch.ones(2, 2, dtype=torch.float64)
-            minus = plus.clone()
-            plus[layer, head] += eps
-            minus[layer, head] -= eps
-            model.set_head_mask(plus)
-            lp = loss_fn(model, (tokens, labels))
-            model.set_head_mask(minus)
-            lm = loss_fn(model, (tokens, labels))
-            assert abs(raw[layer, head] - abs((lp - lm).item() / (2 * eps))) < 1e-5
-    norm = av.head_importance(model, [(tokens, labels)], loss_fn, (2, 2))
-    assert_close(norm.norm(dim=-1), torch.ones(2, dtype=norm.dtype))
+def test_attention_reproduces_convolution_as_alpha_grows():
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    image = torch.randn(3, 6, 7, dtype=torch.float64)
+    ref = conv(image[None])[0].detach()
+    errors = [(av.attention_as_convolution(image, conv, a) - ref).abs().max().item()
+              for a in (1.0, 5.0, 30.0)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-9
 
 
-def test_ablation_and_pruning_curve_restore_the_mask():
-    model = av.HeadMaskedEncoderClassifier(vocab=5, n_classes=2, d_model=8, n_heads=2,
-                                           n_layers=1, d_ff=16, max_len=4).eval()
-    x = torch.randint(0, 5, (3, 4))
-    full = model(x)
-
-    def evaluate(mdl):
-        return (mdl(x) - full).abs().max().item()
-
-    table = av.single_head_ablation(model, evaluate, (1, 2))
-    assert table.shape == (1, 2) and (table > 0).all()
-    curve = av.pruning_curve(model, evaluate, [(0, 1), (0, 0)], (1, 2))
-    assert curve[0] == 0 and len(curve) == 3
-    assert_close(model(x), full)  # every head back on
-    with pytest.raises(ValueError, match="mask must be"):
-        model.set_head_mask(torch.ones(2, 2))
+def test_mhsa_parameter_count_matches_modules():
+    d_in, d_hid, d_o, d_out, nh = 6, 5, 4, 7, 3
+    heads = nn.ModuleList(nn.ModuleDict({"q": nn.Linear(d_in, d_hid, bias=False),
+                                         "k": nn.Linear(d_in, d_hid, bias=False),
+                                         "v": nn.Linear(d_in, d_o, bias=False)})
+                          for _ in range(nh))
+    out = nn.Linear(nh * d_o, d_out)
+    built = sum(p.numel() for p in heads.parameters()) + sum(p.numel() for p in out.parameters())
+    assert av.mhsa_parameter_count(d_in, d_hid, d_o, d_out, nh) == built
 
 
-def test_reinforce_finds_the_rewarded_mask():
-    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-
-    def reward(mask):
-        return -(mask - target).abs().sum().item()
-
-    probs, history = av.reinforce_head_selection(reward, (2, 3), episodes=150, lr=0.2,
-                                                 generator=torch.Generator().manual_seed(0))
-    assert torch.equal((probs > 0.5).float(), target)
-    assert sum(history[-10:]) / 10 > sum(history[:10]) / 10
-
-
-def test_importance_at_a_base_mask_and_iterative_order():
-    torch.manual_seed(1)
-    model = av.HeadMaskedEncoderClassifier(vocab=5, n_classes=2, d_model=8, n_heads=2,
-                                           n_layers=2, d_ff=16, max_len=4).eval()
-    batch = (torch.randint(0, 5, (8, 4)), torch.randint(0, 2, (8,)))
-
-    def loss_fn(mdl, b):
-        return torch.nn.functional.cross_entropy(mdl(b[0]), b[1])
-
-    base = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    at_base = av.head_importance(model, [batch], loss_fn, (2, 2), normalize=False, base_mask=base)
-    mask = base.clone().requires_grad_()
-    model.set_head_mask(mask)
-    (grad,) = torch.autograd.grad(loss_fn(model, batch), mask)
-    assert_close(at_base, grad.abs())
-    order = av.iterative_pruning_order(model, [batch], loss_fn, (2, 2))
-    assert sorted(order) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    model.set_head_mask(torch.ones(2, 2))
+@pytest.mark.parametrize("dilation,stride", [(2, 1), (1, 2)])
+def test_attention_convolution_with_dilation_and_stride(dilation, stride):
+    conv = nn.Conv2d(2, 3, 3, padding=dilation, dilation=dilation, stride=stride).double()
+    image = torch.randn(2, 7, 6, dtype=torch.float64)
+    ref = conv(image[None])[0].detach()
+    ours = av.attention_as_convolution(image, conv, 40.0)
+    assert ours.shape == ref.shape
+    assert_close(ours, ref, atol=1e-9, rtol=0)

@@ -165,6 +165,11 @@ def test_caption_batches_one_caption_per_image():
     vocab.seen = []
     list(make(2))
     assert first != vocab.seen                                      # reshuffled per epoch
+    vocab.seen = []
+    held = list(captioning.heldout_batches(feats, caps, vocab, max_len=8, batch_size=4))
+    images = torch.cat([f.view(-1) for f, _, _ in held]).long().tolist()
+    assert images == [i for i in range(10) for _ in range(5)]       # every caption, in order
+    assert vocab.seen == [c for image in caps for c in image]
 
 
 @pytest.fixture(scope="module")

@@ -54,11 +54,20 @@ def test_chunk_caps_length_and_keeps_everything():
     assert [len(p) for p in pieces] == [4, 4, 2] and torch.equal(torch.cat(pieces), ids)
 
 
-def test_batches_cover_every_sequence_once():
-    seqs = [torch.arange(n + 1) for n in range(23)]
-    groups = charlm.batches(seqs, 5, torch.Generator().manual_seed(0))
-    assert sorted(len(s) for g in groups for s in g) == sorted(len(s) for s in seqs)
+def test_batches_cover_every_sequence_once_and_repeat_for_a_seed():
+    seqs = [torch.arange(n % 7 + 1) for n in range(23)]
+
+    def positions(groups):
+        index = {id(s): i for i, s in enumerate(seqs)}
+        return [[index[id(s)] for s in g] for g in groups]
+
+    groups = positions(charlm.batches(seqs, 5, torch.Generator().manual_seed(0)))
+    assert sorted(i for g in groups for i in g) == list(range(23))
     assert max(len(g) for g in groups) == 5
+    assert groups == positions(charlm.batches(seqs, 5, torch.Generator().manual_seed(0)))
+    assert groups != positions(charlm.batches(seqs, 5, torch.Generator().manual_seed(1)))
+    fixed = positions(charlm.batches(seqs, 5))  # no generator: sorted by length, in order
+    assert [i for g in fixed for i in g] == sorted(range(23), key=lambda i: len(seqs[i]))
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -121,6 +130,17 @@ def test_untrained_loss_near_uniform_and_training_reduces_it():
         loss.backward()
         opt.step()
     assert loss.item() < 1.5
+
+
+def test_evaluate_weights_by_characters_and_converts_to_bits():
+    torch.manual_seed(0)
+    model = charlm.CharGRU(8, 16, 1, dropout=0.0)
+    groups = [[charlm.encode("abcdefgh")], [charlm.encode("ab"), charlm.encode("xyz")]]
+    scored = [charlm.lm_loss(model, g) for g in groups]
+    expected = sum(loss.item() * n for loss, n in scored) / sum(n for _, n in scored)
+    metrics = charlm.evaluate(model, groups)
+    assert metrics["val_loss"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["val_bpc"] == pytest.approx(expected / math.log(2), rel=1e-6)
 
 
 def test_repeated_line_rate():

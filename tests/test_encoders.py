@@ -2,6 +2,8 @@
 (unknown names, offline hub ids, the tiny save/load path), method set-up, training through
 fit, exact autograd memory, the linear probe."""
 
+from functools import partial
+
 import pandas as pd
 import pytest
 import torch
@@ -10,6 +12,9 @@ from torch.testing import assert_close
 
 from helpers import encoders, peft
 from helpers.nb import assets
+from helpers.training import count_parameters
+
+trainable = partial(count_parameters, trainable_only=True)
 
 
 def _tiny_bert(hidden: int = 16, layers: int = 2):
@@ -130,12 +135,12 @@ def test_prepare_sets_trainable_parameters_and_copies():
     base = encoders.EncoderClassifier(_tiny_bert())
     head = sum(p.numel() for p in base.head.parameters())
     total = sum(p.numel() for p in base.parameters())
-    assert peft.count_trainable(encoders.prepare(base, "head")) == head
-    assert peft.count_trainable(encoders.prepare(base, "full")) == total
+    assert trainable(encoders.prepare(base, "head")) == head
+    assert trainable(encoders.prepare(base, "full")) == total
     adapted = encoders.prepare(base, "houlsby", 4, train_layernorm=False)
-    assert peft.count_trainable(adapted) == head + peft.encoder_adapter_parameters(16, 4, 2)
+    assert trainable(adapted) == head + peft.encoder_adapter_parameters(16, 4, 2)
     pfeiffer = encoders.prepare(base, "pfeiffer", 4, train_layernorm=True)
-    assert peft.count_trainable(pfeiffer) == head + peft.encoder_adapter_parameters(
+    assert trainable(pfeiffer) == head + peft.encoder_adapter_parameters(
         16, 4, 2, "pfeiffer", n_layernorms=5)
     assert not any(isinstance(m, peft.AdapterAfter) for m in base.modules())  # a copy
     with pytest.raises(ValueError, match="unknown method"):

@@ -9,8 +9,9 @@ from torch.testing import assert_close
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from helpers.causal_lm import causal_lm_loss, evaluate_causal_lm
 from helpers.generation import filter_logits
-from helpers.gpt import GPT2, GPTConfig, evaluate_lm, lm_loss
+from helpers.gpt import GPT2, GPTConfig
 from helpers.metrics import distinct_n
 from helpers.text import (
     ConditionedTextDataset,
@@ -55,6 +56,11 @@ def test_gpt2_matches_huggingface_logits_and_loss():
     valid = mask.bool()
     assert_close(out["logits"][valid], ref.logits[valid], atol=1e-5, rtol=1e-5)
     assert_close(out["loss"], ref.loss, atol=1e-5, rtol=1e-5)
+    # the one causal-LM loss of helpers.causal_lm serves both (same call, same interface)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    (loss, n), (ref_loss, ref_n) = causal_lm_loss(ours, batch), causal_lm_loss(hf, batch)
+    assert n == ref_n == int(mask[:, 1:].sum())
+    assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
 
 
 def test_gpt2_structure_init_and_tied_head():
@@ -121,9 +127,9 @@ def test_tokenizer_dataset_collate_and_loss_mask():
     assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
     model = GPT2(GPTConfig(vocab_size=len(tok), block_size=8, n_layer=1, n_head=2, n_embd=8,
                            dropout=0.0))
-    loss, n = lm_loss(model, batch)
+    loss, n = causal_lm_loss(model, batch)
     assert n == 2 and torch.isfinite(loss)
-    metrics = evaluate_lm(model, [batch])
+    metrics = evaluate_causal_lm(model, [batch])
     assert metrics["val_perplexity"] == pytest.approx(torch.exp(loss).item(), rel=1e-4)
 
 
@@ -179,3 +185,8 @@ def test_length_bucket_sampler_covers_everything_once_and_groups_lengths():
     assert spread < random_spread / 3
     again = list(LengthBucketSampler(lengths, 32, torch.Generator().manual_seed(0), pool_batches=8))
     assert again == batches
+    fixed = list(LengthBucketSampler(lengths, 32, None, pool_batches=8))  # no shuffling at all
+    assert fixed == list(LengthBucketSampler(lengths, 32, None, pool_batches=8))
+    pool = 32 * 8
+    assert [i for b in fixed for i in b] == [i for k in range(0, 1000, pool) for i in sorted(
+        range(k, min(k + pool, 1000)), key=lambda i: lengths[i])]

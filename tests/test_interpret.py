@@ -1,4 +1,4 @@
-"""Attention extraction, rollout, head masking and head importance (helpers.interpret)."""
+"""Attention extraction and rollout (helpers.interpret)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from helpers import interpret, vit
-from helpers.attention_variants import head_importance, pruning_curve, single_head_ablation
 
 
 def _random_attention(layers=3, batch=2, heads=4, tokens=5, seed=0) -> torch.Tensor:
@@ -86,110 +85,6 @@ def test_attention_maps_match_a_manual_softmax(tiny):
         k = a.k_proj(h).view(3, 5, 2, 8).transpose(1, 2)
         want = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1)
     torch.testing.assert_close(attn[0], want)
-
-
-def test_head_mask_equals_zeroing_the_heads_output_columns(tiny):
-    import copy
-
-    x = _pixels()
-    mask = torch.ones(2, 2, dtype=torch.float64)
-    mask[0, 1] = 0
-    mask[1, 0] = 0
-    with interpret.HeadMaskedModel(tiny, tiny) as wrapped:
-        wrapped.set_head_mask(mask)
-        with torch.no_grad():
-            got = wrapped(pixel_values=x).last_hidden_state
-    reference = copy.deepcopy(tiny)
-    with torch.no_grad():  # head h's contribution is o_proj.weight[:, h*dh:(h+1)*dh] @ z_h
-        reference.encoder.layer[0].attention.o_proj.weight[:, 8:16] = 0
-        reference.encoder.layer[1].attention.o_proj.weight[:, 0:8] = 0
-        want = reference(pixel_values=x).last_hidden_state
-        unmasked = tiny(pixel_values=x).last_hidden_state  # hooks removed on exit
-    torch.testing.assert_close(got, want)
-    assert not torch.allclose(got, unmasked)
-
-
-def test_all_ones_mask_changes_nothing(tiny):
-    x = _pixels()
-    with torch.no_grad():
-        plain = tiny(pixel_values=x).last_hidden_state
-        with interpret.HeadMaskedModel(tiny, tiny) as wrapped:
-            wrapped.set_head_mask(torch.ones(2, 2, dtype=torch.float64))
-            torch.testing.assert_close(wrapped(pixel_values=x).last_hidden_state, plain)
-    with pytest.raises(ValueError, match="mask must be"):
-        interpret.HeadMaskedModel(tiny, tiny).set_head_mask(torch.ones(3, 2))
-
-
-def _classifier(tiny):
-    torch.manual_seed(0)
-    return vit.ViTClassifier(tiny, n_classes=3).double()
-
-
-def test_gradient_importance_is_the_absolute_mask_gradient_and_matches_finite_differences(tiny):
-    model = _classifier(tiny)
-    x, y = _pixels(n=4), torch.tensor([0, 1, 2, 1])
-    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
-
-    def loss_fn(m, batch):
-        return torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
-
-    with interpret.HeadMaskedModel(model, tiny) as wrapped:
-        got = head_importance(wrapped, batches, loss_fn, wrapped.shape, normalize=False)
-        want = torch.zeros(2, 2, dtype=torch.float64)
-        for batch in batches:  # autograd by hand: backward, read mask.grad
-            mask = torch.ones(2, 2, dtype=torch.float64, requires_grad=True)
-            wrapped.set_head_mask(mask)
-            loss_fn(wrapped, batch).backward()
-            want += mask.grad.abs()
-        torch.testing.assert_close(got, want)
-        mask = torch.ones(2, 2, dtype=torch.float64, requires_grad=True)  # vs central differences
-        wrapped.set_head_mask(mask)
-        (grad,) = torch.autograd.grad(loss_fn(wrapped, batches[0]), mask)
-        eps = 1e-6
-        for layer in range(2):
-            for head in range(2):
-                values = []
-                for sign in (1, -1):
-                    m = torch.ones(2, 2, dtype=torch.float64)
-                    m[layer, head] += sign * eps
-                    wrapped.set_head_mask(m)
-                    with torch.no_grad():
-                        values.append(loss_fn(wrapped, batches[0]).item())
-                fd = (values[0] - values[1]) / (2 * eps)
-                assert abs(fd - grad[layer, head].item()) < 1e-7
-    assert got.abs().sum() > 0
-
-
-def test_cached_evaluator_equals_a_full_masked_forward(tiny):
-    model = _classifier(tiny)
-    x, y = _pixels(n=6), torch.tensor([0, 1, 2, 1, 0, 2])
-    states = [vit.hidden_at(tiny, x, layer) for layer in range(2)]
-
-    def tail(hidden, start):
-        return model.head(vit.pooled(vit.run_layers(tiny, hidden, start)))
-
-    evaluator = interpret.CachedMaskEvaluator(states, y, tail, batch_size=4)
-    with interpret.HeadMaskedModel(model, tiny) as wrapped:
-        for layer, head in [(0, 0), (1, 1)]:
-            mask = torch.ones(2, 2, dtype=torch.float64)
-            mask[layer, head] = 0
-            wrapped.set_head_mask(mask)
-            with torch.no_grad():
-                logits = wrapped(x)
-            full = (logits.argmax(-1) == y).double().mean().item()
-            assert evaluator(wrapped) == pytest.approx(full)
-            loss = torch.nn.functional.cross_entropy(logits, y).item()
-            assert evaluator.history[-1]["loss"] == pytest.approx(loss)
-        table = single_head_ablation(wrapped, evaluator, wrapped.shape)
-        curve = pruning_curve(wrapped, evaluator, [(0, 0), (1, 1)], wrapped.shape)
-    assert table.shape == (2, 2) and len(curve) == 3
-    assert all(0 <= v <= 1 for v in curve)
-
-
-def test_rank_heads_orders_by_score():
-    scores = torch.tensor([[0.1, 0.9], [0.5, 0.3]])
-    assert interpret.rank_heads(scores) == [(0, 1), (1, 0), (1, 1), (0, 0)]
-    assert interpret.rank_heads(scores, descending=False)[0] == (0, 0)
 
 
 def test_discard_keeps_cls_to_cls():

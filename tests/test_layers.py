@@ -1,4 +1,5 @@
-"""Layers of the handout: positional encoding, LayerNorm, masks, embeddings, FFN."""
+"""Layers of the handout: positional encoding and its shift operator T^(k), LayerNorm, masks,
+embeddings, FFN."""
 
 import math
 
@@ -14,6 +15,9 @@ from helpers.layers import (
     PositionwiseFeedForward,
     SublayerConnection,
     clones,
+    shift_operator,
+    shift_operator_check,
+    sinusoidal_frequencies,
     sinusoidal_positional_encoding,
     subsequent_mask,
 )
@@ -29,15 +33,31 @@ def test_positional_encoding_matches_formula_entrywise():
             assert pe[t, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
 
 
-def test_positional_encoding_shift_is_a_rotation():
+def test_shift_operator_is_the_block_rotation_that_moves_the_float64_table():
     """PE(t + k) is a fixed linear map (block rotation) of PE(t): the paper's motivation."""
-    pe, d, k = sinusoidal_positional_encoding(40, 8).double(), 8, 3
-    rotation = torch.zeros(d, d, dtype=torch.float64)
-    for i in range(d // 2):
-        w = k / 10000 ** (2 * i / d)
-        rotation[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor(
-            [[math.cos(w), -math.sin(w)], [math.sin(w), math.cos(w)]], dtype=torch.float64)
-    assert_close(pe[:-k] @ rotation, pe[k:], atol=1e-6, rtol=0)
+    pe, d = sinusoidal_positional_encoding(40, 8, dtype=torch.float64), 8
+    assert pe.dtype == torch.float64
+    assert_close(pe.float(), sinusoidal_positional_encoding(40, 8))
+    lam = sinusoidal_frequencies(d)
+    for k in (1, 3, 17):
+        rotation = torch.zeros(d, d, dtype=torch.float64)  # acts on row vectors: pe[t] @ rotation
+        for i in range(d // 2):
+            w = k / 10000 ** (2 * i / d)
+            rotation[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor(
+                [[math.cos(w), -math.sin(w)], [math.sin(w), math.cos(w)]], dtype=torch.float64)
+        assert_close(shift_operator(k, lam), rotation.T)
+        assert (pe[:40 - k] @ shift_operator(k, lam).T - pe[k:]).abs().max() < 1e-12
+    # a wrong operator (rotation the other way) fails
+    assert (pe[:-3] @ shift_operator(3, lam) - pe[3:]).abs().max() > 0.1
+
+
+def test_shift_operator_check_reports_tiny_errors_and_a_failing_transpose():
+    check = shift_operator_check(64, 16, [1, 7, 30])
+    assert sorted(check.errors) == [1, 7, 30]
+    assert check.max_error < 1e-12 and check.orthogonality_error < 1e-12
+    assert check.power_error < 1e-12 and check.transposed_error > 0.1
+    question = sinusoidal_frequencies(16, first=1)  # the question's f_m, m = 1 .. d/2
+    assert_close(question, 1 / 10000 ** (torch.arange(1, 9, dtype=torch.float64) * 2 / 16))
 
 
 def test_positional_encoding_rejects_odd_width_and_long_inputs():

@@ -9,9 +9,9 @@ from torch.testing import assert_close
 from helpers import piglatin as pl
 from helpers.layers import subsequent_mask
 from helpers.nb.assets import dataset_dir
+from helpers.training import evaluate_loss
 from helpers.transformer import (
     greedy_decode,
-    greedy_decode_until_end,
     make_model,
     make_seq2seq_batch,
     seq2seq_loss,
@@ -126,12 +126,12 @@ def test_character_error_rate_and_scores():
 
 # ---------------------------------------------------------------- greedy decoding
 
-def test_greedy_decode_until_end_matches_greedy_decode_up_to_the_end():
+def test_greedy_decode_with_an_end_symbol_matches_the_plain_one_up_to_the_end():
     torch.manual_seed(0)
     model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=2, d_model=16, d_ff=32, h=2).eval()
     src, src_mask = pl.pad_sources(["cat", "street", "a"])
     ref = greedy_decode(model, src, src_mask, max_len=12, start_symbol=pl.SOS)
-    ys = greedy_decode_until_end(model, src, src_mask, 12, pl.SOS, end_symbol=3, pad=pl.PAD)
+    ys = greedy_decode(model, src, src_mask, 12, pl.SOS, end_symbol=3, pad=pl.PAD)
     assert ys.shape[0] == 3 and ys.shape[1] <= 12 and torch.all(ys[:, 0] == pl.SOS)
     for row, ref_row in zip(ys, ref, strict=True):
         ends = (ref_row == 3).nonzero()
@@ -140,14 +140,14 @@ def test_greedy_decode_until_end_matches_greedy_decode_up_to_the_end():
         assert torch.all(row[stop:] == pl.PAD)
 
 
-def test_greedy_decode_until_end_stops_early_once_every_sequence_ended():
+def test_greedy_decode_stops_early_once_every_sequence_ended():
     model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=1, d_model=16, d_ff=32, h=2).eval()
     with torch.no_grad():  # a generator that always prefers EOS
         model.generator.proj.weight.zero_()
         model.generator.proj.bias.zero_()
         model.generator.proj.bias[pl.EOS] = 10.0
     src, src_mask = pl.pad_sources(["cat", "dog"])
-    ys = greedy_decode_until_end(model, src, src_mask, 20, pl.SOS, pl.EOS, causal=False)
+    ys = greedy_decode(model, src, src_mask, 20, pl.SOS, pl.EOS, causal=False)
     assert ys.tolist() == [[pl.SOS, pl.EOS]] * 2
     assert pl.translate(model, ["cat", "dog"]) == {"cat": "", "dog": ""}
 
@@ -157,7 +157,7 @@ def test_non_causal_decoding_uses_a_full_mask():
     torch.manual_seed(1)
     model = make_model(pl.VOCAB_SIZE, pl.VOCAB_SIZE, N=2, d_model=16, d_ff=32, h=2).eval()
     src, src_mask = pl.pad_sources(["street"])
-    ys = greedy_decode_until_end(model, src, src_mask, 6, pl.SOS, end_symbol=99, causal=False)
+    ys = greedy_decode(model, src, src_mask, 6, pl.SOS, end_symbol=99, causal=False)
     prefix = ys[:, :-1]
     full = torch.ones(1, prefix.shape[1], prefix.shape[1], dtype=torch.bool)
     out = model.generator(model(src, prefix, src_mask, full)[:, -1]).argmax(-1)
@@ -176,7 +176,8 @@ def test_train_translator_learns_a_tiny_set_and_restores_the_best_weights():
                               generator=torch.Generator().manual_seed(0))
     losses = run.history.column("val_loss")
     assert run.best_val_loss == min(losses) < losses[0]
-    assert_close(pl.mean_loss(run.model, pl.bucket_batches(pairs[:4], 8)), run.best_val_loss)
+    assert_close(evaluate_loss(run.model, pl.bucket_batches(pairs[:4], 8), pl.translation_loss),
+                 run.best_val_loss)
     maps = pl.attention_maps(run.model, "cat", "atcay")
     assert len(maps) == 1 and maps[0].shape == (len("atcay") + 1, len("cat") + 1)
     assert_close(maps[0].sum(-1), torch.ones(6))

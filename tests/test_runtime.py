@@ -1,4 +1,4 @@
-"""helpers.nb.runtime: seeding, devices and the headless progress bar."""
+"""helpers.nb.runtime: seeding, devices, the headless progress bar, setup and measure_cost."""
 
 import random
 
@@ -102,3 +102,12 @@ def test_setup_without_a_known_notebook_says_what_to_pass(monkeypatch):
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     with pytest.raises(RuntimeError, match="pass notebook="):
         setup("small", 0, "cpu")
+
+
+def test_measure_cost_sees_an_allocation():
+    with runtime.measure_cost("cpu") as cost:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        del block
+    assert cost.seconds >= 0 and cost.cpu_seconds >= 0
+    if cost.memory_kind != "unavailable":
+        assert 60 <= cost.peak_mb < 1000

@@ -21,9 +21,14 @@ def test_attention_scaling(smoke_metrics):
 @pytest.mark.parametrize("assignment", ["sharif-1402-hw3", "sharif-1404-hw3"])
 def test_multihead_attention(smoke_metrics, assignment):
     m = smoke_metrics(f"{assignment}/T3_multihead_attention.ipynb")
-    assert m["max_abs_error"] < 1e-6
     assert m["single_head_within_005"] < 0.3 < 0.85 < m["two_heads_within_005"]
     assert m["single_head_extreme_fraction"] > 0.6
+    if assignment == "sharif-1402-hw3":  # the full answer builds every construction
+        assert m["max_abs_error"] < 1e-6
+    else:  # the short rerun: draws with a flipped key a, P = Phi(-sqrt 2) at smoke's 400 draws
+        se = (m["flipped_key_probability"] * (1 - m["flipped_key_probability"]) / 400) ** 0.5
+        assert abs(m["flipped_key_fraction"] - m["flipped_key_probability"]) < 4 * se
+        assert m["two_heads_within_005_flipped_key"] < 0.1
 
 
 def test_vit_resolution(smoke_metrics):

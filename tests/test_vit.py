@@ -1,5 +1,6 @@
-"""ViT loading (packaged DINOv2 ONNX -> transformers), preprocessing, the classifier glue, and the
-Q5 notebook at smoke."""
+"""ViT loading (packaged DINOv2 ONNX -> transformers), preprocessing, the classifier glue, a larger
+input resolution (position-embedding interpolation, replicated token mixing), and the Q5 notebook
+at smoke."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.testing import assert_close
 
 from helpers import vit
 
@@ -52,7 +55,7 @@ def test_run_layers_from_embeddings_equals_the_model():
     with torch.no_grad():
         want = model(pixel_values=x).last_hidden_state
         got = vit.run_layers(model, model.embeddings(x), 0)
-        mid = vit.hidden_at(model, x, 2)
+        mid = vit.encode_images(model, x, 2)
         resumed = vit.run_layers(model, mid, 2)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(resumed, want)
@@ -69,7 +72,7 @@ def test_classifier_on_cached_tokens_equals_the_classifier_on_pixels():
     cached.head.load_state_dict(full.head.state_dict())
     x = _pixels()
     with torch.no_grad():
-        torch.testing.assert_close(cached(vit.hidden_at(model, x, 2)), full(x))
+        torch.testing.assert_close(cached(vit.encode_images(model, x, 2)), full(x))
     assert full(x).shape == (3, 4)
 
 
@@ -142,3 +145,26 @@ def test_saved_converted_model_reloads_identically(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(pixel_values=x).last_hidden_state,
                                    model(pixel_values=x).last_hidden_state)
+
+
+def test_position_embedding_interpolation_is_identity_at_same_size_and_matches_hf():
+    pos = torch.randn(1, 1 + 16, 8)
+    assert_close(vit.interpolate_position_embeddings(pos, (4, 4)), pos)
+    assert vit.interpolate_position_embeddings(pos, (6, 6)).shape == (1, 37, 8)
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=8,
+                                    num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=16)
+    emb = transformers.models.vit.modeling_vit.ViTEmbeddings(config)
+    ref = emb.interpolate_position_embeddings if hasattr(emb, "interpolate_position_embeddings") \
+        else emb.interpolate_pos_encoding
+    ours = vit.interpolate_position_embeddings(emb.position_embeddings.detach(), (6, 6))
+    assert_close(ours, ref(torch.zeros(1, 37, 8), 24, 24).detach())
+
+
+def test_replicated_token_mixing_acts_per_group():
+    lin = nn.Linear(4, 6)
+    big = vit.replicate_token_mixing(lin, 3)
+    x = torch.randn(2, 12)
+    expected = torch.cat([lin(x[:, 4 * i:4 * i + 4]) for i in range(3)], -1)
+    assert_close(big(x), expected)

@@ -1,5 +1,6 @@
 """The one setup call of every notebook, and what it is made of: seeding, device choice,
-CPU threads, progress bars and a one-line environment summary.
+CPU threads, progress bars and a one-line environment summary; and :class:`measure_cost`,
+the wall time, CPU time and peak memory of a block.
 
 A notebook's setup cell is ``cfg, generator, dev = runtime.setup(profile, seed, device,
 overrides)``: it finds the notebook's ``<stem>.toml`` from the notebook's own path, applies
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import gc
 import os
 import platform
 import random
@@ -173,3 +176,76 @@ def setup(profile: str, seed: int, device: str = "auto", overrides: dict | None 
     print(environment_summary(dev, seed))
     print(cfg.summary())
     return Session(cfg, generator, dev)
+
+
+# ------------------------------------------------------------------------------ cost
+
+def _rss_bytes(field_name: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) via ``/proc/self/clear_refs``."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_memory() -> None:
+    """Collect garbage and give freed heap back to the OS (glibc), so RSS reflects live data."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class measure_cost:  # noqa: N801 - used as a context manager, reads like a function
+    """``with measure_cost(device) as cost: ...`` then ``cost.seconds``, ``cost.cpu_seconds``,
+    ``cost.peak_mb`` and ``cost.memory_kind``.
+
+    Peak memory is, on CUDA, the peak of ``torch.cuda.max_memory_allocated`` minus the
+    allocation before the block; on the CPU (Linux), the peak resident-set size of the process
+    during the block (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the RSS before
+    it — every byte the block added, allocator and Python included. Elsewhere it is NaN.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds = self.cpu_seconds = self.peak_mb = float("nan")
+        self.memory_kind = "unavailable"
+
+    def __enter__(self) -> measure_cost:
+        _release_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.memory_kind = "CUDA peak allocated - before"
+        else:
+            self._base = _rss_bytes("VmRSS")
+            if self._base is not None and _reset_peak_rss():
+                self.memory_kind = "peak RSS - RSS before"
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _rss_bytes("VmHWM") if self.memory_kind != "unavailable" else None
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+        if peak is not None and self._base is not None:
+            self.peak_mb = max(0, peak - self._base) / 2**20

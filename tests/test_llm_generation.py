@@ -1,0 +1,116 @@
+"""helpers.llm_generation: the batched, KV-cached generator against HF ``generate``, its
+sampling, newline stops and the shortlist sampler."""
+
+import pytest
+import torch
+
+from helpers import llm_generation as G
+from helpers.causal_lm import TINY_RANDOM, load_causal_lm
+
+TEXTS = ["Tom has 3 apples and gets 4 more. The answer is 7.",
+         "Each box holds 6 pens. How many pens are in 2 boxes? 12.",
+         "Solve step by step.\nFirst add.\nThen subtract.\nThe answer is \\boxed{5}."] * 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model, tokenizer, _ = load_causal_lm(TINY_RANDOM, "smoke",
+                                         tiny_dir=tmp_path_factory.mktemp("tiny"),
+                                         tiny_texts=TEXTS, tiny_vocab_size=300)
+    return model, tokenizer
+
+
+PROMPTS = ["Tom has 3 apples", "Each box holds six pens and more boxes hold", "Solve"]
+
+
+def test_greedy_generation_equals_hf_generate_with_left_padding(tiny):
+    model, tokenizer = tiny
+    ours = G.generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=3)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    new = out.sequences[:, enc["input_ids"].shape[1]:]
+    scores = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    for row, (completion,) in enumerate(ours):
+        ids = new[row].tolist()
+        eos = tokenizer.eos_token_id
+        n = ids.index(eos) + 1 if eos in ids else len(ids)
+        assert completion.n_tokens == n
+        assert completion.text == tokenizer.decode(ids[:n], skip_special_tokens=True)
+        torch.testing.assert_close(torch.tensor(completion.logprob),
+                                   scores[row, :n].sum().float(), rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_generation_does_not_depend_on_batching(tiny):
+    model, tokenizer = tiny
+    together = G.generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=3)
+    alone = G.generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=1)
+    assert [c[0].text for c in together] == [c[0].text for c in alone]
+    for (a,), (b,) in zip(together, alone, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+
+
+def test_sampling_is_seeded_and_returns_every_sample(tiny):
+    model, tokenizer = tiny
+
+    def run(seed):
+        return G.generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, num_samples=3,
+                          temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(seed))
+
+    first, again, other = run(0), run(0), run(1)
+    assert [len(s) for s in first] == [3, 3]
+    assert [[c.text for c in s] for s in first] == [[c.text for c in s] for s in again]
+    assert [[c.text for c in s] for s in first] != [[c.text for c in s] for s in other]
+    assert all(c.logprob < 0 and 1 <= c.n_tokens <= 8 for s in first for c in s)
+
+
+def test_stop_at_newline_ends_after_the_first_line_break(tiny):
+    model, tokenizer = tiny
+    newline = G.newline_token_ids(tokenizer)
+    assert len(newline) > 0 and all("\n" in tokenizer.decode([i]) for i in newline.tolist())
+    outs = G.generate(model, tokenizer, PROMPTS, max_new_tokens=40, num_samples=16,
+                      temperature=1.5, stop_at_newline=True, newline_ids=newline,
+                      generator=torch.Generator().manual_seed(0))
+    for completion in (c for s in outs for c in s):
+        pieces = [tokenizer.decode([i]) for i in completion.token_ids]
+        assert len(pieces) == completion.n_tokens
+        assert not any("\n" in piece for piece in pieces[:-1])
+        assert ("\n" in pieces[-1]) == (completion.finish == "newline")
+    assert any(c.finish == "newline" for s in outs for c in s)
+
+
+@pytest.mark.parametrize(("top_p", "top_k", "shortlist"), [
+    (0.9, None, 64),   # nucleus inside the shortlist: the fast path
+    (0.9, None, 3),    # nucleus wider than the shortlist: the full-vocabulary fallback
+    (None, 5, 3),      # top-k beyond the shortlist
+    (None, 4, 64),
+    (0.7, 4, 64),      # top-k, then the nucleus of the renormalised top-k
+    (0.8, 10, 3),      # both, wider than the shortlist
+    (0.5, 10, 8),      # both; the nucleus fits in the shortlist
+])
+def test_sample_next_draws_from_the_filtered_distribution(top_p, top_k, shortlist):
+    from helpers.generation import filter_logits
+
+    logits = torch.linspace(0.0, 3.0, 12).repeat(4000, 1)
+    drawn = G.sample_next(logits, top_p, top_k, torch.Generator().manual_seed(0), shortlist)
+    expected = filter_logits(logits[:1], top_k, top_p).softmax(-1)[0]
+    frequency = torch.bincount(drawn, minlength=12).double() / len(drawn)
+    torch.testing.assert_close(frequency, expected.double(), atol=0.03, rtol=0)
+    assert set(drawn.tolist()) == set(expected.nonzero().squeeze(-1).tolist())
+
+
+def test_samples_share_their_prompt_but_not_their_draws(tiny):
+    model, tokenizer = tiny
+    (samples,) = G.generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, num_samples=6,
+                            temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert len(samples) == 6 and len({c.text for c in samples}) > 1
+    (greedy,) = G.generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, num_samples=3)
+    assert len({(c.text, round(c.logprob, 4)) for c in greedy}) == 1
+
+
+def test_generate_rejects_bad_sizes(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="positive"):
+        G.generate(model, tokenizer, PROMPTS, max_new_tokens=0)
