@@ -275,6 +275,10 @@ def peft_prefix_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
     import peft
 
     config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens)
+    # peft's prefix forward hands its prefix to the model as `past_key_values=`, which
+    # transformers 5 renamed `cache=`; the call is peft's, so only that message is silenced
+    warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated",
+                            category=FutureWarning, module=r"torch\.nn\.modules\.module")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return peft.get_peft_model(model, config)
@@ -295,7 +299,7 @@ def init_prefix_from_tokens(prefix_model: nn.Module, input_ids: Tensor,
         raise ValueError(f"need {embedding.shape[0]} token ids, got shape {tuple(input_ids.shape)}")
     base = prefix_model.get_base_model()
     with prefix_model.disable_adapter():
-        cache = base(input_ids=input_ids[None].to(embedding.device), use_cache=True).past_key_values
+        cache = base(input_ids=input_ids[None].to(embedding.device), use_cache=True).cache
     states = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # (1, H, T, D) each
     stacked = torch.cat(states, dim=0)  # (L·2, H, T, D)
     embedding.copy_(stacked.permute(2, 0, 1, 3).reshape(embedding.shape))

@@ -131,8 +131,8 @@ def _generate_batch(model: nn.Module, tokenizer, rows: Sequence[Sequence[int]], 
     finish = ["length"] * n
     for step in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True)
+        cache = out.cache
         logits = out.logits[:, -1, :].float()  # (rows, vocab)
         if step == 0 and repeats > 1:  # the prompt was read once; now one row per sample
             cache.batch_repeat_interleave(repeats)
@@ -204,7 +204,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tok
     if prefix_len:
         with torch.inference_mode():
             prefix_cache = model(input_ids=torch.tensor([encoded[0][:prefix_len]], device=device),
-                                 use_cache=True).past_key_values
+                                 use_cache=True).cache
     rows = [ids[prefix_len:] for ids in encoded]
     # longest prompts together: less padding, and rows of a batch finish at similar times
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))

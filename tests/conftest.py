@@ -49,3 +49,20 @@ def smoke_metrics(smoke_run):
         return result.metrics
 
     return get
+
+
+LLM_TEXTS = ["Tom has 3 apples and gets 4 more. The answer is 7.",
+             "Each box holds 6 pens. How many pens are in 2 boxes? 12.",
+             "Solve step by step.\nFirst add.\nThen subtract.\nThe answer is \\boxed{5}."] * 8
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """``(model, tokenizer)``: the smoke profile's tiny random Llama with a BPE tokenizer
+    trained on a few arithmetic sentences."""
+    from helpers.causal_lm import TINY_RANDOM, load_causal_lm
+
+    model, tokenizer, _ = load_causal_lm(TINY_RANDOM, "smoke",
+                                         tiny_dir=tmp_path_factory.mktemp("tiny-llm"),
+                                         tiny_texts=LLM_TEXTS, tiny_vocab_size=300)
+    return model, tokenizer

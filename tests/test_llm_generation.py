@@ -5,26 +5,12 @@ import pytest
 import torch
 
 from helpers import llm_generation as G
-from helpers.causal_lm import TINY_RANDOM, load_causal_lm
-
-TEXTS = ["Tom has 3 apples and gets 4 more. The answer is 7.",
-         "Each box holds 6 pens. How many pens are in 2 boxes? 12.",
-         "Solve step by step.\nFirst add.\nThen subtract.\nThe answer is \\boxed{5}."] * 8
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    model, tokenizer, _ = load_causal_lm(TINY_RANDOM, "smoke",
-                                         tiny_dir=tmp_path_factory.mktemp("tiny"),
-                                         tiny_texts=TEXTS, tiny_vocab_size=300)
-    return model, tokenizer
-
 
 PROMPTS = ["Tom has 3 apples", "Each box holds six pens and more boxes hold", "Solve"]
 
 
-def test_greedy_generation_equals_hf_generate_with_left_padding(tiny):
-    model, tokenizer = tiny
+def test_greedy_generation_equals_hf_generate_with_left_padding(tiny_llm):
+    model, tokenizer = tiny_llm
     ours = G.generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=3)
     tokenizer.padding_side = "left"
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -43,8 +29,8 @@ def test_greedy_generation_equals_hf_generate_with_left_padding(tiny):
                                    scores[row, :n].sum().float(), rtol=1e-4, atol=1e-4)
 
 
-def test_greedy_generation_does_not_depend_on_batching(tiny):
-    model, tokenizer = tiny
+def test_greedy_generation_does_not_depend_on_batching(tiny_llm):
+    model, tokenizer = tiny_llm
     together = G.generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=3)
     alone = G.generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=1)
     assert [c[0].text for c in together] == [c[0].text for c in alone]
@@ -52,8 +38,8 @@ def test_greedy_generation_does_not_depend_on_batching(tiny):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
 
 
-def test_sampling_is_seeded_and_returns_every_sample(tiny):
-    model, tokenizer = tiny
+def test_sampling_is_seeded_and_returns_every_sample(tiny_llm):
+    model, tokenizer = tiny_llm
 
     def run(seed):
         return G.generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8, num_samples=3,
@@ -66,8 +52,8 @@ def test_sampling_is_seeded_and_returns_every_sample(tiny):
     assert all(c.logprob < 0 and 1 <= c.n_tokens <= 8 for s in first for c in s)
 
 
-def test_stop_at_newline_ends_after_the_first_line_break(tiny):
-    model, tokenizer = tiny
+def test_stop_at_newline_ends_after_the_first_line_break(tiny_llm):
+    model, tokenizer = tiny_llm
     newline = G.newline_token_ids(tokenizer)
     assert len(newline) > 0 and all("\n" in tokenizer.decode([i]) for i in newline.tolist())
     outs = G.generate(model, tokenizer, PROMPTS, max_new_tokens=40, num_samples=16,
@@ -101,8 +87,8 @@ def test_sample_next_draws_from_the_filtered_distribution(top_p, top_k, shortlis
     assert set(drawn.tolist()) == set(expected.nonzero().squeeze(-1).tolist())
 
 
-def test_samples_share_their_prompt_but_not_their_draws(tiny):
-    model, tokenizer = tiny
+def test_samples_share_their_prompt_but_not_their_draws(tiny_llm):
+    model, tokenizer = tiny_llm
     (samples,) = G.generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, num_samples=6,
                             temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert len(samples) == 6 and len({c.text for c in samples}) > 1
@@ -110,7 +96,7 @@ def test_samples_share_their_prompt_but_not_their_draws(tiny):
     assert len({(c.text, round(c.logprob, 4)) for c in greedy}) == 1
 
 
-def test_generate_rejects_bad_sizes(tiny):
-    model, tokenizer = tiny
+def test_generate_rejects_bad_sizes(tiny_llm):
+    model, tokenizer = tiny_llm
     with pytest.raises(ValueError, match="positive"):
         G.generate(model, tokenizer, PROMPTS, max_new_tokens=0)

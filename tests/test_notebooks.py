@@ -3,7 +3,9 @@
 
 import ast
 import math
+import os
 import re
+import sys
 
 import nbformat
 import pytest
@@ -21,6 +23,19 @@ FORBIDDEN = {
     "sys.path hack": re.compile(r"sys\.path\.(append|insert)"),
     "absolute path": re.compile(r"['\"](/content|/work|/home|/root|/tmp|[A-Za-z]:\\\\)"),
 }
+
+MACHINE_PATHS = sorted({str(run.PROJECT_ROOT), sys.prefix, os.path.expanduser("~") + "/"})
+
+
+def _output_text(output) -> str:
+    """The text a reader sees in one output (streams, plain text, HTML, Markdown, errors)."""
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return "\n".join(output.get("traceback", []))
+    data = output.get("data", {})
+    return "\n".join(str(data.get(k, "")) for k in ("text/plain", "text/html", "text/markdown"))
+
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
@@ -76,5 +91,11 @@ def test_notebook_runs_at_smoke(path, smoke_run):
     counts = [c.execution_count for c in executed.cells if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1)), "executed in order"
     assert result.metrics, "the notebook records headline metrics"
+    for cell in executed.cells:
+        for output in cell.get("outputs", []):
+            text = _output_text(output)
+            assert "\r" not in text, f"progress updates in the report: {text[:120]!r}"
+            for path in MACHINE_PATHS:
+                assert path not in text, f"absolute path {path} in the report: {text[:200]!r}"
     numbers = [v for v in result.metrics.values() if isinstance(v, int | float)]
     assert all(math.isfinite(v) for v in numbers), result.metrics

@@ -6,21 +6,7 @@ import pytest
 import torch
 
 from helpers import reasoning as R
-from helpers.causal_lm import TINY_RANDOM, load_causal_lm
 from helpers.llm_generation import Completion
-
-TEXTS = ["Tom has 3 apples and gets 4 more. The answer is 7.",
-         "Each box holds 6 pens. How many pens are in 2 boxes? 12.",
-         "Solve step by step.\nFirst add.\nThen subtract.\nThe answer is \\boxed{5}."] * 8
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    model, tokenizer, _ = load_causal_lm(TINY_RANDOM, "smoke",
-                                         tiny_dir=tmp_path_factory.mktemp("tiny"),
-                                         tiny_texts=TEXTS, tiny_vocab_size=300)
-    return model, tokenizer
-
 
 # ---------------------------------------------------------------------------- problems
 
@@ -110,8 +96,8 @@ def test_review_verdict():
     assert R.review_verdict(" maybe") == "unclear"
 
 
-def test_methods_run_end_to_end_on_a_tiny_model(tiny):
-    model, tokenizer = tiny
+def test_methods_run_end_to_end_on_a_tiny_model(tiny_llm):
+    model, tokenizer = tiny_llm
     problems = R.arithmetic_problems(1, 0)[:2]
     solver = R.Solver(model, tokenizer, "Solve.", [("1+1?", "\\boxed{2}")], max_new_tokens=12,
                       generator=torch.Generator().manual_seed(0))

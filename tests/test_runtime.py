@@ -41,11 +41,21 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_headless_progress_yields_everything_and_prints_few_lines(monkeypatch, capsys):
+def test_headless_progress_draws_live_elsewhere_and_leaves_one_line(monkeypatch, capsys,
+                                                                     tmp_path):
+    live = tmp_path / "terminal"
     monkeypatch.setenv(HEADLESS_ENV, "1")
+    monkeypatch.setenv(runtime.PROGRESS_ENV, str(live))
+    monkeypatch.setenv(NOTEBOOK_ENV, "/x/Q9.ipynb")
     assert list(progress(range(1000), desc="work")) == list(range(1000))
-    err = capsys.readouterr().err
-    assert "work" in err and err.count("\r") + err.count("\n") <= 15
+    out, err = capsys.readouterr()
+    assert err == "" and "\r" not in out
+    assert out.count("\n") == 1 and out.startswith("work: 1000/1000 in ")
+    assert "Q9: work" in live.read_text() and "1000/1000" in live.read_text()
+    monkeypatch.delenv(runtime.PROGRESS_ENV)  # no terminal: the bar draws nothing
+    assert list(progress(iter(range(3)), desc="quiet")) == [0, 1, 2]
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("quiet: 3 in ")
 
 
 def test_environment_summary_names_device_and_seed():

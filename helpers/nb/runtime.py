@@ -62,22 +62,50 @@ def is_headless() -> bool:
     return os.environ.get(HEADLESS_ENV) == "1"
 
 
+PROGRESS_ENV = "HELPERS_PROGRESS_TO"  # where headless bars draw live: the runner's stderr
+
+
+def _live_stream() -> Any:
+    """The runner's terminal (``$HELPERS_PROGRESS_TO``) opened for appending, or None."""
+    target = os.environ.get(PROGRESS_ENV)
+    if not target:
+        return None
+    try:
+        return open(target, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError:
+        return None
+
+
+def _headless_progress(iterable: Iterable[T], desc: str, total: int | None,
+                       kwargs: dict[str, Any]) -> Iterator[T]:
+    from tqdm.std import tqdm
+
+    stream = _live_stream()
+    notebook = Path(os.environ.get(NOTEBOOK_ENV, "")).stem
+    bar = tqdm(iterable, desc=f"{notebook}: {desc}" if notebook else desc, total=total,
+               **(dict(file=stream, disable=stream is None, mininterval=10.0, ascii=True,
+                       dynamic_ncols=False, ncols=100) | kwargs))
+    start, count = time.perf_counter(), 0
+    try:
+        for item in bar:
+            count += 1
+            yield item
+    finally:
+        bar.close()
+        if stream is not None:
+            stream.close()
+        of = f"/{total}" if total is not None else ""
+        print(f"{desc or 'progress'}: {count}{of} in {time.perf_counter() - start:.1f} s")
+
+
 def progress(iterable: Iterable[T], desc: str = "", total: int | None = None,
              **kwargs: Any) -> Iterator[T]:
-    """A tqdm progress bar: a widget in JupyterLab, a few plain lines in headless runs.
-
-    Headless, the bar writes to stderr at most about ten times, so that an executed report
-    stores a handful of lines rather than every update.
-    """
+    """A tqdm progress bar: a widget in JupyterLab; in headless runs a live bar on the
+    runner's terminal (``$HELPERS_PROGRESS_TO``) and one final line in the report."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
     if is_headless():
-        from tqdm.std import tqdm
-
-        if total is None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
-        miniters = max(1, (total or 10) // 10)
-        kwargs = dict(file=sys.stderr, mininterval=5.0, miniters=miniters, ascii=True,
-                      dynamic_ncols=False, ncols=90) | kwargs
-        return iter(tqdm(iterable, desc=desc, total=total, **kwargs))
+        return _headless_progress(iterable, desc, total, kwargs)
     from tqdm.auto import tqdm
 
     return iter(tqdm(iterable, desc=desc, total=total, **kwargs))
