@@ -112,6 +112,18 @@ class ShiftCheck:
     orthogonality_error: float  # max |T^(k)ᵀ T^(k) − I| at the largest k
     power_error: float  # max |(T^(1))^k − T^(k)| at the largest k
     transposed_error: float  # the wrong operator T^(1)ᵀ: max |T^(1)ᵀ e(t) − e(t+1)|
+    n_positions: int = 0
+
+    def lines(self) -> str:
+        """The measurements as printable lines, one per shift, then the operator's checks."""
+        rows = [f"k={k:5d}: max_t |T^(k) E_t - E_(t+k)| = {paper:.2e} (paper's frequencies), "
+                f"{question:.2e} (question's), over {self.n_positions - k} positions"
+                for k, (paper, question) in self.errors.items()]
+        rows += [f"T^(k) orthogonal: max |T^T T - I| = {self.orthogonality_error:.1e}; "
+                 f"T^(k) = (T^(1))^k: max diff {self.power_error:.1e} (k = {max(self.errors)})",
+                 f"the transposed operator fails, as it should: error "
+                 f"{self.transposed_error:.2f}"]
+        return "\n".join(rows)
 
     @property
     def max_error(self) -> float:
@@ -142,7 +154,8 @@ def shift_operator_check(n_positions: int, d_model: int, shifts: Sequence[int]) 
         errors=errors,
         orthogonality_error=(t_k.T @ t_k - eye).abs().max().item(),
         power_error=(torch.linalg.matrix_power(t_1, k) - t_k).abs().max().item(),
-        transposed_error=(table[:-1] @ t_1 - table[1:]).abs().max().item())
+        transposed_error=(table[:-1] @ t_1 - table[1:]).abs().max().item(),
+        n_positions=n_positions)
 
 
 class PositionalEncoding(nn.Module):

@@ -46,3 +46,27 @@ def heatmap(ax: plt.Axes, matrix, title: str, xlabel: str, ylabel: str,
     if colorbar_label:
         bar.set_label(colorbar_label)
     return image
+
+
+def shift_operator_figure(n_positions: int, d_model: int, k: int = 3, t0: int = 5,
+                          show: int = 16) -> plt.Figure:
+    """Left: the first ``show`` coordinates of T^(k); right: E_(t0+k) beside T^(k) E_t0 on the
+    sinusoidal table (the paper's frequencies), which coincide."""
+    import torch
+
+    from helpers import layers
+
+    table = layers.sinusoidal_positional_encoding(n_positions, d_model, dtype=torch.float64)
+    operator = layers.shift_operator(k, layers.sinusoidal_frequencies(d_model))  # (d, d)
+    show = min(d_model, show)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    heatmap(axes[0], operator[:show, :show], f"T^({k}), first {show} of {d_model} coordinates",
+            "input coordinate", "output coordinate", cmap="coolwarm", colorbar_label="entry",
+            vmin=-1, vmax=1)
+    axes[1].plot(table[t0 + k].numpy(), "o", label=f"E_(t+{k})")
+    axes[1].plot((operator @ table[t0]).numpy(), "x", label=f"T^({k}) E_t")
+    axes[1].set(title=f"t = {t0}: the two coincide", xlabel="coordinate of the encoding",
+                ylabel="value")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig

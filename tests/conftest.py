@@ -66,3 +66,22 @@ def tiny_llm(tmp_path_factory):
                                          tiny_dir=tmp_path_factory.mktemp("tiny-llm"),
                                          tiny_texts=LLM_TEXTS, tiny_vocab_size=300)
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    """A 2-layer, 2-head DINOv2 with random weights on 16-px images (float64)."""
+    from helpers import vit
+
+    return vit.tiny_dinov2(image_size=16, patch_size=8, hidden_size=16, num_layers=2,
+                           num_heads=2).double()
+
+
+@pytest.fixture(scope="session")
+def vit_pixels():
+    """``vit_pixels(n=3, size=16, seed=1)``: a seeded batch of random float64 images."""
+    def make(n: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:
+        return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64)
+
+    return make

@@ -117,61 +117,51 @@ def test_importance_at_a_base_mask_and_iterative_order():
     model.set_head_mask(torch.ones(2, 2))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return vit.tiny_dinov2(image_size=16, patch_size=8, hidden_size=16, num_layers=2,
-                           num_heads=2).double()
-
-
-def _pixels(n=3, size=16, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
-
-
-def test_head_mask_equals_zeroing_the_heads_output_columns(tiny):
-    x = _pixels()
+def test_head_mask_equals_zeroing_the_heads_output_columns(tiny_vit, vit_pixels):
+    x = vit_pixels()
     mask = torch.ones(2, 2, dtype=torch.float64)
     mask[0, 1] = 0
     mask[1, 0] = 0
-    with hm.HeadMaskedModel(tiny, tiny) as wrapped:
+    with hm.HeadMaskedModel(tiny_vit, tiny_vit) as wrapped:
         wrapped.set_head_mask(mask)
         with torch.no_grad():
             got = wrapped(pixel_values=x).last_hidden_state
-    reference = copy.deepcopy(tiny)
+    reference = copy.deepcopy(tiny_vit)
     with torch.no_grad():  # head h's contribution is o_proj.weight[:, h*dh:(h+1)*dh] @ z_h
         reference.encoder.layer[0].attention.o_proj.weight[:, 8:16] = 0
         reference.encoder.layer[1].attention.o_proj.weight[:, 0:8] = 0
         want = reference(pixel_values=x).last_hidden_state
-        unmasked = tiny(pixel_values=x).last_hidden_state  # hooks removed on exit
+        unmasked = tiny_vit(pixel_values=x).last_hidden_state  # hooks removed on exit
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, unmasked)
 
 
-def test_all_ones_mask_changes_nothing(tiny):
-    x = _pixels()
+def test_all_ones_mask_changes_nothing(tiny_vit, vit_pixels):
+    x = vit_pixels()
     with torch.no_grad():
-        plain = tiny(pixel_values=x).last_hidden_state
-        with hm.HeadMaskedModel(tiny, tiny) as wrapped:
+        plain = tiny_vit(pixel_values=x).last_hidden_state
+        with hm.HeadMaskedModel(tiny_vit, tiny_vit) as wrapped:
             wrapped.set_head_mask(torch.ones(2, 2, dtype=torch.float64))
             torch.testing.assert_close(wrapped(pixel_values=x).last_hidden_state, plain)
     with pytest.raises(ValueError, match="mask must be"):
-        hm.HeadMaskedModel(tiny, tiny).set_head_mask(torch.ones(3, 2))
+        hm.HeadMaskedModel(tiny_vit, tiny_vit).set_head_mask(torch.ones(3, 2))
 
 
-def _classifier(tiny):
+def _classifier(tiny_vit):
     torch.manual_seed(0)
-    return vit.ViTClassifier(tiny, n_classes=3).double()
+    return vit.ViTClassifier(tiny_vit, n_classes=3).double()
 
 
-def test_gradient_importance_is_the_absolute_mask_gradient_and_matches_finite_differences(tiny):
-    model = _classifier(tiny)
-    x, y = _pixels(n=4), torch.tensor([0, 1, 2, 1])
+def test_gradient_importance_is_the_absolute_mask_gradient_and_matches_finite_differences(
+        tiny_vit, vit_pixels):
+    model = _classifier(tiny_vit)
+    x, y = vit_pixels(n=4), torch.tensor([0, 1, 2, 1])
     batches = [(x[:2], y[:2]), (x[2:], y[2:])]
 
     def loss_fn(m, batch):
         return torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
 
-    with hm.HeadMaskedModel(model, tiny) as wrapped:
+    with hm.HeadMaskedModel(model, tiny_vit) as wrapped:
         got = hm.head_importance(wrapped, batches, loss_fn, wrapped.shape, normalize=False)
         want = torch.zeros(2, 2, dtype=torch.float64)
         for batch in batches:  # autograd by hand: backward, read mask.grad
@@ -198,16 +188,16 @@ def test_gradient_importance_is_the_absolute_mask_gradient_and_matches_finite_di
     assert got.abs().sum() > 0
 
 
-def test_cached_evaluator_equals_a_full_masked_forward(tiny):
-    model = _classifier(tiny)
-    x, y = _pixels(n=6), torch.tensor([0, 1, 2, 1, 0, 2])
-    states = [vit.encode_images(tiny, x, layer) for layer in range(2)]
+def test_cached_evaluator_equals_a_full_masked_forward(tiny_vit, vit_pixels):
+    model = _classifier(tiny_vit)
+    x, y = vit_pixels(n=6), torch.tensor([0, 1, 2, 1, 0, 2])
+    states = [vit.encode_images(tiny_vit, x, layer) for layer in range(2)]
 
     def tail(hidden, start):
-        return model.head(vit.pooled(vit.run_layers(tiny, hidden, start)))
+        return model.head(vit.pooled(vit.run_layers(tiny_vit, hidden, start)))
 
     evaluator = hm.CachedMaskEvaluator(states, y, tail, batch_size=4)
-    with hm.HeadMaskedModel(model, tiny) as wrapped:
+    with hm.HeadMaskedModel(model, tiny_vit) as wrapped:
         for layer, head in [(0, 0), (1, 1)]:
             mask = torch.ones(2, 2, dtype=torch.float64)
             mask[layer, head] = 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import interpret, vit
+from helpers import interpret
 
 
 def _random_attention(layers=3, batch=2, heads=4, tokens=5, seed=0) -> torch.Tensor:
@@ -63,24 +63,13 @@ def test_cls_maps_takes_the_cls_row():
     torch.testing.assert_close(maps[1, 0, 2].flatten(), attn[1, 0, 2, 0, 1:])
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return vit.tiny_dinov2(image_size=16, patch_size=8, hidden_size=16, num_layers=2,
-                           num_heads=2).double()
-
-
-def _pixels(n=3, size=16, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
-
-
-def test_attention_maps_match_a_manual_softmax(tiny):
-    x = _pixels()
-    attn = interpret.attention_maps(tiny, x)
+def test_attention_maps_match_a_manual_softmax(tiny_vit, vit_pixels):
+    x = vit_pixels()
+    attn = interpret.attention_maps(tiny_vit, x)
     assert attn.shape == (2, 3, 2, 5, 5)
     with torch.no_grad():
-        h = tiny.encoder.layer[0].norm1(tiny.embeddings(x))
-        a = tiny.encoder.layer[0].attention
+        h = tiny_vit.encoder.layer[0].norm1(tiny_vit.embeddings(x))
+        a = tiny_vit.encoder.layer[0].attention
         q = a.q_proj(h).view(3, 5, 2, 8).transpose(1, 2)
         k = a.k_proj(h).view(3, 5, 2, 8).transpose(1, 2)
         want = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1)
