@@ -121,3 +121,16 @@ def test_measure_cost_sees_an_allocation():
     assert cost.seconds >= 0 and cost.cpu_seconds >= 0
     if cost.memory_kind != "unavailable":
         assert 60 <= cost.peak_mb < 1000
+
+
+def test_short_path_hides_the_machine_folders():
+    import sys
+    from pathlib import Path
+
+    from helpers.nb import PROJECT_ROOT
+    from helpers.nb.runtime import short_path
+
+    assert short_path(str(PROJECT_ROOT / "helpers" / "nb" / "report.py")) == "helpers/nb/report.py"
+    site = Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "torch" / "nn" / "x.py"
+    assert short_path(str(site)) == "site-packages/torch/nn/x.py"
+    assert short_path("/elsewhere/y.py") == "/elsewhere/y.py"

@@ -19,6 +19,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 T = TypeVar("T")
+_DEFAULT_FORMATWARNING = warnings.formatwarning
 
 HEADLESS_ENV = "HELPERS_HEADLESS"  # set by helpers.nb.run while papermill executes a notebook
 NOTEBOOK_ENV = "HELPERS_NOTEBOOK"  # the notebook's path, set by helpers.nb.run
@@ -169,6 +171,25 @@ def current_notebook() -> Path:
                        "notebook='notebooks/<assignment-id>/<name>.ipynb' to runtime.setup")
 
 
+def short_path(filename: str) -> str:
+    """A file name without the machine's folders: ``site-packages/...`` for installed
+    packages, relative to the project or the environment otherwise."""
+    from helpers.nb import PROJECT_ROOT
+
+    path = Path(filename)
+    if "site-packages" in path.parts:
+        return str(Path(*path.parts[path.parts.index("site-packages"):]))
+    for root in (PROJECT_ROOT, Path(sys.prefix)):
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return filename
+
+
+def _warning_without_machine_paths(message, category, filename, lineno, line=None) -> str:
+    """``warnings``' default format, with :func:`short_path` file names."""
+    return _DEFAULT_FORMATWARNING(message, category, short_path(filename), lineno, line)
+
+
 @dataclass
 class Session:
     """What ``setup`` returns; unpacks as ``cfg, generator, device``."""
@@ -201,6 +222,7 @@ def setup(profile: str, seed: int, device: str = "auto", overrides: dict | None 
     generator = seed_everything(seed)
     dev = resolve_device(device)
     _apply_threads(cfg.get("torch_threads"))
+    warnings.formatwarning = _warning_without_machine_paths
     print(environment_summary(dev, seed))
     print(cfg.summary())
     return Session(cfg, generator, dev)
