@@ -52,6 +52,7 @@ EXTRA_CSS = """<style>
           @bottom-center { content: counter(page) " / " counter(pages);
                            font: 9pt "DejaVu Sans", sans-serif; color: #555; } }
   pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+  .helpers-source pre { font-size: 6.6pt !important; }  /* 100-column source fits A4 */
   .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
   .jp-RenderedHTMLCommon table, .dataframe { table-layout: auto; max-width: 100%;
     font-size: 7.5pt; word-break: break-word; }

@@ -181,7 +181,8 @@ def show_source(*objs: Any) -> None:
         code = highlight(source, PythonLexer(), formatter)
         page = (f'<div class="helpers-source"><div style="font-size:0.85em;color:#555;'
                 f'margin:0.4em 0 0.1em"><code>{html.escape(caption)}</code></div>'
-                f'<pre style="white-space:pre-wrap;word-break:break-word;font-size:0.82em;'
+                f'<pre style="font-family:\'DejaVu Sans Mono\',Menlo,Consolas,monospace;'
+                f'white-space:pre-wrap;word-break:break-word;font-size:0.82em;'
                 f'line-height:1.3;background:#f7f7f7;border-left:3px solid #9ab;'
                 f'padding:0.5em 0.7em;margin:0">{code}</pre></div>')
         _display({"text/html": page, "text/plain": f"# {caption}\n{source}"})
