@@ -341,7 +341,7 @@ def assets_of_profile(profile: str, tables: dict[str, dict] | None = None,
     """Datasets and models the notebooks name at ``profile``: string config values under
     keys ending in ``dataset``/``datasets`` or ``model``, except randomly initialised models
     (names starting with :data:`RANDOM_MODEL_PREFIX`). ``tables`` maps question -> table
-    (default: every ``helpers/configs/*.toml``)."""
+    (default: every notebook's ``<stem>.toml``)."""
     from helpers.nb import profiles
 
     check_profile(profile)
