@@ -12,11 +12,13 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/
 export DATA_DIR
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help venv tools test lint run-all run lab html pdf chromium data bench clean distclean
+.PHONY: help venv tools test lint run-all run lab html pdf chromium data bench clean clean-cache \
+	distclean
 
 help:
 	@echo "make test | run-all [PROFILE=small] | run NB=notebooks/... [PROFILE=smoke] | lab"
-	@echo "make html | pdf [PROFILE=small] | data [PROFILE=full] | bench | clean | distclean"
+	@echo "make html | pdf [PROFILE=small] | data [PROFILE=full] | bench | clean | clean-cache"
+	@echo "make distclean"
 
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +76,12 @@ clean:
 	find reports -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -exec rm -rf {} +
+
+# The shared cache (helpers.nb.cache: $HELPERS_CACHE, default ~/.cache/dl-homework); rebuilt
+# on the next run.
+clean-cache: venv
+	root="$$($(PY) -c 'from helpers.nb.cache import cache_root; print(cache_root())')" && \
+	  test -n "$$root" && rm -rf "$$root"
 
 distclean: clean
 	rm -rf $(VENV) .tools

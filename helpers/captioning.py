@@ -1,10 +1,11 @@
 """Image captioning with a frozen ViT encoder and a GPT-2 decoder inside a transformers
 ``VisionEncoderDecoderModel``: caption files (Flickr8k / COCO in one layout), encoder features
-pooled to a few tokens and cached on disk, a compact vocabulary over the GPT-2 tokenizer, training
-batches that draw one of an image's captions at random per epoch, held-out batches of every
-caption, the loss for :func:`helpers.training.fit` and :func:`helpers.training.evaluate_loss`,
-decoding (greedy / beam, HF ``generate`` with ``encoder_outputs``) and a subject-word check
-(BLEU and the other caption metrics are in :mod:`helpers.metrics`).
+pooled to a few tokens and cached (``helpers.nb.cache``), a compact vocabulary over the GPT-2
+tokenizer, training batches that draw one of an image's captions at random per epoch, held-out
+batches of every caption, the loss for :func:`helpers.training.fit` and
+:func:`helpers.training.evaluate_loss`, decoding (greedy / beam, HF ``generate`` with
+``encoder_outputs``) and a subject-word check (BLEU and the other caption metrics are in
+:mod:`helpers.metrics`).
 
 The encoder is frozen, so its output is computed once per image (:func:`image_features`) and
 passed to the model as ``encoder_outputs``; ``VisionEncoderDecoderModel`` then skips its encoder
@@ -14,7 +15,6 @@ cross-attention, exactly as it does after running the encoder on ``pixel_values`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -74,14 +74,15 @@ def pool_tokens(tokens: Tensor, grid: int) -> Tensor:
     return torch.cat([tokens[:, :1], pooled.flatten(2).transpose(1, 2)], dim=1)
 
 
-def features_cache_path(cache_dir: str | Path, model_name: str, images: Sequence[str],
-                        size: int, grid: int, mean: Sequence[float], std: Sequence[float],
-                        ) -> Path:
-    """``cache_dir/captioning_<hash>.pt``, the hash over the model name, the image list (file
-    names), resolution, pooling grid and normalisation."""
-    key = json.dumps([model_name, [Path(p).name for p in images], size, grid, list(mean),
-                      list(std)])
-    return Path(cache_dir) / f"captioning_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+def features_cache_path(model_name: str, images: Sequence[str], size: int, grid: int,
+                        mean: Sequence[float], std: Sequence[float]) -> Path:
+    """``captioning_<key>.pt`` in the shared cache (:mod:`helpers.nb.cache`), the key over the
+    model name, the image list (file names), resolution, pooling grid and normalisation."""
+    from helpers.nb import cache
+
+    key = cache.cache_key(model_name, [Path(p).name for p in images], size, grid, list(mean),
+                          list(std), "float32")
+    return cache.cache_dir("captioning-features") / f"captioning_{key}.pt"
 
 
 @torch.no_grad()
@@ -91,7 +92,9 @@ def image_features(encoder: nn.Module, images: Sequence[str], size: int, grid: i
                    device: torch.device | str = "cpu") -> tuple[Tensor, bool]:
     """Frozen-encoder features of the image files ``images``: ``last_hidden_state`` pooled by
     :func:`pool_tokens`, ``(N, 1 + grid², D)`` float32 on the CPU, and whether they came from
-    ``cache`` (a file written as float16 after a cold run)."""
+    ``cache`` (a file written after a cold run, float32 like the computed features, so that a
+    warm run equals a cold one)."""
+    from helpers.nb.cache import atomic_path
     from helpers.vit import preprocess
 
     if cache is not None and cache.exists():
@@ -106,10 +109,8 @@ def image_features(encoder: nn.Module, images: Sequence[str], size: int, grid: i
         chunks.append(pool_tokens(tokens, grid).float().cpu())
     feats = torch.cat(chunks)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(feats.half(), tmp)
-        tmp.replace(cache)
+        with atomic_path(cache) as tmp:
+            torch.save(feats, tmp)
     return feats, False
 
 

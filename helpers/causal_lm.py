@@ -1,7 +1,8 @@
 """Causal language models for fine-tuning experiments.
 
 - loading: :func:`load_causal_lm` resolves a model through :mod:`helpers.nb.assets` (a hub id,
-  a packaged GGUF file dequantised to float32, or ``DATA_DIR/models``) or builds the tiny
+  a packaged GGUF file dequantised once per machine into the shared cache by
+  :func:`dequantised_gguf`, or ``DATA_DIR/models``) or builds the tiny
   random Llama of the smoke profile (:data:`TINY_RANDOM`), saved and loaded through the same
   ``from_pretrained`` path;
 - data: :func:`text_sequences` cuts a raw corpus (WikiText-2) into paragraphs of at most
@@ -39,8 +40,9 @@ TINY_RANDOM = "tiny-random-llama"  # the smoke profile's model: random weights, 
 # ---------------------------------------------------------------------------- loading
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' progress bars and warnings (GGUF dequantisation prints a bar)."""
+def quiet_transformers():
+    """Silence transformers' progress bars and warnings while loading or saving a model (GGUF
+    dequantisation and ``from_pretrained`` print bars)."""
     from transformers.utils import logging as hf_logging
 
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
@@ -87,6 +89,42 @@ def build_tiny_random_lm(folder: Path | str, texts: Sequence[str], vocab_size: i
     return folder
 
 
+def dequantised_cache_dir(folder: str | Path, gguf_file: str, dtype: torch.dtype) -> Path:
+    """Where :func:`dequantised_gguf` saves ``folder/gguf_file`` dequantised to ``dtype``: the
+    shared cache (:mod:`helpers.nb.cache`), keyed by the file (name, size, modification time),
+    the dtype and the versions of the packages that read and write it."""
+    from helpers.nb import cache
+
+    key = cache.cache_key(cache.file_fingerprint(Path(folder) / gguf_file), str(dtype),
+                          cache.package_versions("transformers", "torch", "gguf", "tokenizers"))
+    dtype_name = str(dtype).removeprefix("torch.")
+    return cache.cache_dir("gguf-dequantised") / f"{Path(gguf_file).stem}-{dtype_name}-{key}"
+
+
+def dequantised_gguf(folder: str | Path, gguf_file: str, dtype: torch.dtype) -> Path:
+    """A ``save_pretrained`` folder (model and tokenizer) of the GGUF model ``folder/gguf_file``
+    dequantised to ``dtype``, dequantised only when :func:`dequantised_cache_dir` holds none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from helpers.nb import cache
+
+    target = dequantised_cache_dir(folder, gguf_file, dtype)
+    if not (target / "config.json").exists():
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=gguf_file, dtype=dtype,
+                quantization_config=GgufConfig(dequantize=True))
+        # dense weights now: drop the GGUF loader's marks, which make save_pretrained refuse
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with cache.atomic_path(target) as tmp, quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return target
+
+
 def load_causal_lm(name: str, profile: str, dtype: torch.dtype = torch.float32, *,
                    tiny_dir: Path | str | None = None, tiny_texts: Sequence[str] = (),
                    tiny_vocab_size: int = 512):
@@ -95,14 +133,15 @@ def load_causal_lm(name: str, profile: str, dtype: torch.dtype = torch.float32, 
     ``name`` is a key of :data:`helpers.nb.assets.MODELS`, a hub id, a local folder, or
     :data:`TINY_RANDOM`: then a tiny random Llama with a tokenizer trained on ``tiny_texts``
     is written into ``tiny_dir`` first and loaded from there like any saved model. GGUF
-    weights (the packaged SmolLM2) are dequantised to ``dtype``. A missing model fails with
-    the one :class:`helpers.nb.assets.AssetError` of :func:`helpers.nb.assets.model_path`.
+    weights (the packaged SmolLM2) are dequantised to ``dtype`` by :func:`dequantised_gguf` and
+    always loaded from its folder, so a cold and a warm cache give the same model. A missing
+    model fails with the one :class:`helpers.nb.assets.AssetError` of
+    :func:`helpers.nb.assets.model_path`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from helpers.nb import assets
 
-    gguf: dict[str, str] = {}
     if name == TINY_RANDOM:
         if tiny_dir is None or not tiny_texts:
             raise ValueError(f"{TINY_RANDOM!r} needs tiny_dir and tiny_texts")
@@ -113,10 +152,11 @@ def load_causal_lm(name: str, profile: str, dtype: torch.dtype = torch.float32, 
         resolved = assets.model_path(name, profile)
         path, source = resolved.path, resolved.source
         if resolved.gguf_file:
-            gguf, source = {"gguf_file": resolved.gguf_file}, f"{source} (GGUF, dequantised)"
-    with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(path, **gguf)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **gguf)
+            path = str(dequantised_gguf(path, resolved.gguf_file, dtype))
+            source = f"{source} (GGUF, dequantised)"
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer, source

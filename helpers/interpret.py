@@ -5,13 +5,15 @@
 - :func:`rollout` is Attention Rollout (Abnar & Zuidema 2020): fuse heads (mean/max/min),
   optionally discard the weakest weights, add the identity for the residual, renormalise the rows
   and multiply through the layers.
-- :func:`plot_map_grid` overlays patch maps on the image.
+- :func:`plot_map_grid` overlays patch maps on the image; :func:`plot_map_grids` splits a
+  tall grid into several figures.
 
 Masking heads (and head importance) is :mod:`helpers.head_masking`.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,8 +105,9 @@ def plot_map_grid(image: np.ndarray, maps: Tensor, row_labels: Sequence[str],
     import matplotlib.pyplot as plt
 
     rows, cols = maps.shape[:2]
+    # constrained layout keeps the title clear of the column labels
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.6, 1.3 * rows + 0.5),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     size = image.shape[:2]
     for r in range(rows):
         for c in range(cols):
@@ -114,10 +117,25 @@ def plot_map_grid(image: np.ndarray, maps: Tensor, row_labels: Sequence[str],
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(col_labels[c], fontsize=8)
+                ax.set_title(textwrap.fill(col_labels[c], 18), fontsize=9)  # fits a 1.3-in panel
             if c == 0:
-                ax.set_ylabel(row_labels[r], fontsize=8)
+                ax.set_ylabel(row_labels[r], fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11)
     return fig
+
+
+def plot_map_grids(image: np.ndarray, maps: Tensor, row_labels: Sequence[str],
+                   col_labels: Sequence[str], title: str = "", rows_per_figure: int = 4,
+                   alpha: float = 0.6) -> list[Any]:
+    """:func:`plot_map_grid` of ``maps (rows, cols, gh, gw)`` split into figures of at most
+    ``rows_per_figure`` rows (as even as possible), so a tall grid prints as several figures of
+    readable size; each title names its first and last row."""
+    n_figures = -(-maps.shape[0] // rows_per_figure)
+    figures = []
+    for chunk in np.array_split(np.arange(maps.shape[0]), n_figures):
+        first, last = int(chunk[0]), int(chunk[-1])
+        part = f"{title}, {row_labels[first]} to {row_labels[last]}" if n_figures > 1 else title
+        figures.append(plot_map_grid(image, maps[first:last + 1], row_labels[first:last + 1],
+                                     col_labels, part, alpha))
+    return figures

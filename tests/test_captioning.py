@@ -231,26 +231,30 @@ def test_generate_captions_beam_and_greedy(tiny_captioner, tokenizer):
         assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
 
 
-def test_image_features_cache(tmp_path):
+def test_image_features_cache(tmp_path, monkeypatch):
     from PIL import Image
 
+    monkeypatch.setenv("HELPERS_CACHE", str(tmp_path / "cache"))
     paths = []
     for i in range(3):
         p = tmp_path / f"im{i}.jpg"
         Image.new("RGB", (40 + i, 36), (40 * i, 80, 120)).save(p)
         paths.append(str(p))
     encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
-    cache = captioning.features_cache_path(tmp_path, "tiny", paths, 32, 2, (0.5,) * 3,
-                                           (0.5,) * 3)
-    assert cache != captioning.features_cache_path(tmp_path, "tiny", paths, 32, 0, (0.5,) * 3,
-                                                   (0.5,) * 3)
+    cache = captioning.features_cache_path("tiny", paths, 32, 2, (0.5,) * 3, (0.5,) * 3)
+    assert cache.is_relative_to(tmp_path / "cache")
+    assert cache != captioning.features_cache_path("tiny", paths, 32, 0, (0.5,) * 3, (0.5,) * 3)
+    uncached, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3)
+    assert not hit and not cache.exists()
     cold, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3,
                                           batch_size=2, cache=cache)
-    assert not hit and cold.shape == (3, 5, 32) and cache.exists()
+    assert not hit and cold.shape == (3, 5, 32) and cold.dtype == torch.float32
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no partial file left
     warm, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3,
                                           cache=cache)
     assert hit
-    torch.testing.assert_close(warm, cold, atol=2e-2, rtol=1e-2)    # stored as float16
+    assert torch.equal(warm, cold)  # the cache keeps float32: a warm run equals a cold one
+    torch.testing.assert_close(uncached, cold)  # batch size 2 vs the default
 
 
 # ---------------------------------------------------------------------------- notebook

@@ -1,6 +1,7 @@
 """helpers.causal_lm on tiny random models: hand LoRA equals peft's LoRA on a whole Llama,
 merged equals unmerged, padded labels are ignored, GPT-2's Conv1D becomes an equal Linear,
-sequences, cost measurement, fine-tuning, and the offline error of a missing model."""
+sequences, cost measurement, fine-tuning, the offline error of a missing model, and a GGUF model
+dequantised once into the shared cache (a tiny GGUF written here) loading the same cold and warm."""
 
 import copy
 
@@ -143,6 +144,74 @@ def test_tiny_random_model_saves_and_loads_through_from_pretrained(tmp_path):
     again, _, _ = causal_lm.load_causal_lm(str(tmp_path / "m"), "smoke")
     ids = torch.tensor([tok("the red river", add_special_tokens=False)["input_ids"]])
     assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def _write_tiny_llama_gguf(path, hidden=16, layers=2, heads=4, kv_heads=2, ffn=32):
+    """A float32 Llama GGUF with a byte-level BPE tokenizer (256 byte symbols, 3 merges)."""
+    import numpy as np
+    from gguf import GGUFWriter
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *bytes_to_unicode().values(),
+              "th", "the", "\u0120the"]
+    rng = np.random.default_rng(0)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    writer.add_token_merges(["t h", "th e", "\u0120 the"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    kv = kv_heads * hidden // heads
+    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        block = {"attn_norm": (hidden,), "ffn_norm": (hidden,), "attn_q": (hidden, hidden),
+                 "attn_k": (kv, hidden), "attn_v": (kv, hidden), "attn_output": (hidden, hidden),
+                 "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}
+        shapes |= {f"blk.{i}.{part}.weight": shape for part, shape in block.items()}
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_model_is_dequantised_once_and_a_warm_load_is_identical(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    monkeypatch.setenv("HELPERS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "model_path", lambda name, profile: assets.ResolvedModel(
+        name, str(tmp_path), "package", gguf_file="tiny.gguf"))
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf").eval()
+    direct_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    folder = causal_lm.dequantised_cache_dir(tmp_path, "tiny.gguf", torch.float32)
+    assert folder.is_relative_to(tmp_path / "cache") and not folder.exists()
+    cold, cold_tok, source = causal_lm.load_causal_lm("tiny-gguf", "small")
+    assert source == "package (GGUF, dequantised)" and (folder / "config.json").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no partial entry left
+    mtime = (folder / "config.json").stat().st_mtime_ns
+    warm, warm_tok, _ = causal_lm.load_causal_lm("tiny-gguf", "small")
+    assert (folder / "config.json").stat().st_mtime_ns == mtime  # read, not rewritten
+    assert causal_lm.dequantised_cache_dir(tmp_path, "tiny.gguf", torch.bfloat16) != folder
+    text = "the thermos <|im_end|> the"
+    ids = torch.tensor([direct_tok(text)["input_ids"]])
+    for model, tok in ((cold, cold_tok), (warm, warm_tok)):
+        assert tok(text)["input_ids"] == direct_tok(text)["input_ids"]
+        assert tok.get_vocab() == direct_tok.get_vocab()
+        for name, value in direct.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), name
+        assert torch.equal(model(input_ids=ids).logits, direct(input_ids=ids).logits)
 
 
 def test_missing_model_offline_fails_with_one_asset_error(tmp_path, monkeypatch):

