@@ -99,3 +99,15 @@ def test_notebook_runs_at_smoke(path, smoke_run):
                 assert path not in text, f"absolute path {path} in the report: {text[:200]!r}"
     numbers = [v for v in result.metrics.values() if isinstance(v, int | float)]
     assert all(math.isfinite(v) for v in numbers), result.metrics
+
+
+def test_exported_html_has_no_progress_updates_or_machine_paths(smoke_run):
+    """The HTML a TA reads, from a report whose notebook draws progress bars and warns."""
+    from helpers.nb import export
+
+    result = smoke_run("sharif-1404-hw3/Q4_llm_reasoning.ipynb")
+    assert result.status == "ok", result.error
+    page = export.notebook_html(result.report_path, "_static")
+    assert "\r" not in page
+    for path in MACHINE_PATHS:
+        assert path not in page, f"absolute path {path} in the exported HTML"
