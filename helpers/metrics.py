@@ -53,6 +53,26 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
             "r2": float(1 - np.sum(err ** 2) / total) if total > 0 else float("nan")}
 
 
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of a proportion ``p`` (an accuracy, a match rate) measured on ``n``
+    independent items: sqrt(p(1 − p)/n)."""
+    if n <= 0 or not 0.0 <= p <= 1.0:
+        raise ValueError(f"binomial_se needs 0 <= p <= 1 and n > 0, got p={p}, n={n}")
+    return float(np.sqrt(p * (1.0 - p) / n))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``a − b`` over the same items (per-item scores of two methods) and its standard
+    error, the sample standard deviation over √n (0 for a single item)."""
+    first, second = _as_array(a).astype(float), _as_array(b).astype(float)
+    if first.shape != second.shape or first.ndim != 1 or len(first) == 0:
+        raise ValueError(f"paired_difference needs two equally long, non-empty 1-D sequences, "
+                         f"got shapes {first.shape} and {second.shape}")
+    diff = first - second
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return float(diff.mean()), se
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams over ``texts``."""
     grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts)

@@ -39,3 +39,25 @@ def test_regression_metrics_match_sklearn():
     assert ours["r2"] == pytest.approx(sk.r2_score(t, p))
     with pytest.raises(ValueError):
         regression_metrics([], [])
+
+
+def test_binomial_se_and_paired_difference():
+    import math
+
+    import numpy as np
+    import pytest
+
+    from helpers.metrics import binomial_se, paired_difference
+
+    assert binomial_se(0.8, 400) == pytest.approx(0.02)
+    assert binomial_se(0.0, 10) == 0.0
+    with pytest.raises(ValueError, match="n > 0"):
+        binomial_se(0.5, 0)
+    a, b = np.array([1, 1, 0, 1, 0, 1]), np.array([0, 1, 0, 0, 0, 1])
+    mean, se = paired_difference(a, b)
+    d = a - b
+    assert mean == pytest.approx(d.mean())
+    assert se == pytest.approx(d.std(ddof=1) / math.sqrt(6))
+    assert paired_difference([1.0], [0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1, 2], [1, 2, 3])
