@@ -175,6 +175,8 @@ def write_summary(results: list[NotebookResult], profile: str,
         previous = {r["notebook"]: r for r in json.loads(summary_json.read_text())["notebooks"]}
     previous.update({r.notebook: asdict(r) for r in results})
     rows = [previous[k] for k in sorted(previous)]
+    for r in rows:
+        r["seed_sd"] = seed_sd_of(r["notebook"], profile)
     payload = {"profile": profile, "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
                "last_run": run_info or {}, "notebooks": rows}
     atomic_write_text(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
@@ -184,15 +186,35 @@ def write_summary(results: list[NotebookResult], profile: str,
                 f"{info['jobs']} thread(s))." if info else "")
     lines = [f"# Run summary: profile `{profile}`", "",
              f"Updated {payload['updated']}.{run_line}", "",
+             "± : seed-to-seed standard deviation of the headline metric (measured by "
+             "`python -m helpers.nb.seeds`, the seeds and date in the notebook's .toml).", "",
              "| notebook | status | wall time (s) | headline metrics |", "|---|---|---:|---|"]
     for r in rows:
         names = r.get("headline") or list(r["metrics"])
-        shown = "; ".join(f"{k} = {_fmt(r['metrics'][k])}" for k in names)
+        shown = "; ".join(f"{k} = {_fmt(r['metrics'][k])}{_fmt_sd(r['seed_sd'], k)}"
+                          for k in names)
         if r["status"] != "ok":
             shown = f"**{r['error']}**"
         lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {shown} |")
     atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")
     return summary_json
+
+
+def seed_sd_of(notebook: str, profile: str) -> dict[str, dict[str, Any]]:
+    """``{metric: {"sd", "seeds", "measured"}}`` from the notebook's ``[seed_spread]`` table
+    when it was measured at ``profile``, else ``{}``."""
+    from helpers.nb.seeds import read_spread
+
+    spread = read_spread(PROJECT_ROOT / notebook)
+    if spread is None or spread.profile != profile:
+        return {}
+    return {name: {"sd": spread.sd(name), "seeds": len(spread.seeds),
+                   "measured": spread.measured} for name in spread.values}
+
+
+def _fmt_sd(seed_sd: dict[str, dict[str, Any]], name: str) -> str:
+    entry = seed_sd.get(name)
+    return f" ± {entry['sd']:.2g} ({entry['seeds']} seeds)" if entry else ""
 
 
 def _fmt(value: Any) -> str:

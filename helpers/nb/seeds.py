@@ -1,0 +1,125 @@
+"""Seed-to-seed spread of a notebook's headline metrics, measured once and kept beside it.
+
+``python -m helpers.nb.seeds notebooks/<assignment-id>/<stem>.ipynb --profile small --seeds 0 1 2``
+executes the notebook once per seed (into a temporary folder: ``reports/`` is not touched),
+collects the numeric metrics it marks as headline, and writes them as the ``[seed_spread]``
+table at the end of ``<stem>.toml``, with the profile, the seeds and the date. The run summary
+(:mod:`helpers.nb.run`) and the report index then show each headline number with its
+seed-to-seed standard deviation, so a reader can tell a difference from noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers.nb import atomic_write_text
+from helpers.nb.profiles import check_profile, config_path
+
+SECTION = "seed_spread"
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """The headline metrics of one notebook over several seeds, at one profile."""
+
+    profile: str
+    seeds: tuple[int, ...]
+    measured: str                              # ISO date of the measurement
+    values: dict[str, tuple[float, ...]]       # metric -> one value per seed, in seed order
+
+    def sd(self, metric: str) -> float | None:
+        """Sample standard deviation of ``metric`` over the seeds (``None`` if unmeasured)."""
+        values = self.values.get(metric)
+        return statistics.stdev(values) if values and len(values) > 1 else None
+
+
+def read_spread(notebook: str | Path) -> SeedSpread | None:
+    """The ``[seed_spread]`` table of ``notebook``'s TOML file, or ``None`` when it has none."""
+    path = config_path(notebook)
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        table = tomllib.load(f).get(SECTION)
+    if not table:
+        return None
+    return SeedSpread(table["profile"], tuple(table["seeds"]), str(table["measured"]),
+                      {k: tuple(float(x) for x in v) for k, v in table["metrics"].items()})
+
+
+def spread_text(spread: SeedSpread) -> str:
+    """The ``[seed_spread]`` TOML table of ``spread`` (with a comment saying how to redo it)."""
+    lines = [f"[{SECTION}]",
+             "# headline metrics over seeds, written by `python -m helpers.nb.seeds`",
+             f'profile = "{spread.profile}"',
+             f"seeds = {list(spread.seeds)}",
+             f'measured = "{spread.measured}"',
+             "",
+             f"[{SECTION}.metrics]"]
+    lines += [f"{json.dumps(name)} = [{', '.join(repr(v) for v in values)}]"
+              for name, values in spread.values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_spread(notebook: str | Path, spread: SeedSpread) -> Path:
+    """Replace (or append) the ``[seed_spread]`` table, which must be the TOML file's last."""
+    path = config_path(notebook)
+    text = path.read_text()
+    start = text.find(f"[{SECTION}]")
+    if start >= 0:
+        rest = text[start:].splitlines()
+        if any(line.startswith("[") and not line.startswith(f"[{SECTION}")
+               for line in rest):
+            raise ValueError(f"{path.name}: [{SECTION}] must be the last table of the file")
+        text = text[:start]
+    atomic_write_text(path, text.rstrip("\n") + "\n\n" + spread_text(spread))
+    with path.open("rb") as f:
+        tomllib.load(f)  # what we wrote parses
+    return path
+
+
+def measure(notebook: Path, profile: str, seeds: list[int]) -> SeedSpread:
+    """Run ``notebook`` once per seed (reports in a temporary folder) and collect its numeric
+    headline metrics; a failed run raises with its error."""
+    from helpers.nb import run
+
+    check_profile(profile)
+    values: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:
+        for seed in seeds:
+            result = run.run_notebook(notebook, profile, seed=seed, root=notebook.resolve().parents[1],
+                                      report_root=Path(tmp))
+            if result.status != "ok":
+                raise RuntimeError(f"{notebook} with seed {seed}: {result.error}")
+            for name in result.headline:
+                value = result.metrics.get(name)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    values.setdefault(name, []).append(float(value))
+            print(f"seed {seed}: {result.seconds:.0f} s, "
+                  + ", ".join(f"{k} = {v[-1]:.4g}" for k, v in values.items()), flush=True)
+    return SeedSpread(profile, tuple(seeds), datetime.date.today().isoformat(),
+                      {k: tuple(v) for k, v in values.items() if len(v) == len(seeds)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--profile", default="small")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    for notebook in args.notebooks:
+        spread = measure(notebook, args.profile, args.seeds)
+        path = write_spread(notebook, spread)
+        print(f"{path}: " + "; ".join(f"{k} sd {spread.sd(k):.3g}" for k in spread.values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

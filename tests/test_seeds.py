@@ -1,0 +1,58 @@
+"""helpers.nb.seeds: headline metrics over seeds, kept in the notebook's TOML, shown in the
+summary beside each number."""
+
+import tomllib
+
+import pytest
+
+from helpers.nb import run, seeds
+from tests.test_run import _notebook
+
+TOML = "# a question\n[smoke]\nsteps = 1\n\n[small]\nsteps = 2\n\n[full]\nsteps = 3\n"
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    path = _notebook(tmp_path / "notebooks" / "hw-s" / "seeded.ipynb", (
+        "from helpers.nb import report\n"
+        "report.record('score', 0.5 + seed / 10, headline=True)\n"
+        "report.record('name', 'gru', headline=True)\n"
+        "report.record('not_headline', seed)"))
+    path.with_suffix(".toml").write_text(TOML)
+    return path
+
+
+def test_measure_writes_the_spread_and_the_summary_shows_it(seeded, tmp_path):
+    spread = seeds.measure(seeded, "smoke", [0, 1, 2])
+    assert spread.values == {"score": (0.5, 0.6, 0.7)}  # numeric headline metrics only
+    assert spread.sd("score") == pytest.approx(0.1)
+    seeds.write_spread(seeded, spread)
+    text = seeded.with_suffix(".toml").read_text()
+    assert text.startswith(TOML) and tomllib.loads(text)["small"] == {"steps": 2}
+    assert seeds.read_spread(seeded) == spread
+
+    result = run.run_notebook(seeded, "smoke", root=tmp_path / "notebooks",
+                              report_root=tmp_path / "reports")
+    run.write_summary([result], "smoke", report_root=tmp_path / "reports")
+    summary = (tmp_path / "reports" / "smoke" / "summary.md").read_text()
+    assert "score = 0.5 ± 0.1 (3 seeds)" in summary and "name = gru;" not in summary
+    run.write_summary([result], "small", report_root=tmp_path / "reports")  # other profile
+    assert "±" not in (tmp_path / "reports" / "small" / "summary.md").read_text().split("|")[-2]
+
+
+def test_rewriting_replaces_the_table_and_refuses_a_table_after_it(seeded):
+    first = seeds.SeedSpread("small", (0, 1), "2026-01-01", {"a/b": (1.0, 3.0)})
+    second = seeds.SeedSpread("small", (0, 1, 2), "2026-01-02", {"a/b": (1.0, 2.0, 3.0)})
+    seeds.write_spread(seeded, first)
+    seeds.write_spread(seeded, second)
+    assert seeds.read_spread(seeded) == second
+    assert seeded.with_suffix(".toml").read_text().count("[seed_spread]") == 1
+    with seeded.with_suffix(".toml").open("a") as f:
+        f.write("\n[later]\nx = 1\n")
+    with pytest.raises(ValueError, match="must be the last table"):
+        seeds.write_spread(seeded, first)
+
+
+def test_notebook_without_a_spread_reads_none(seeded):
+    assert seeds.read_spread(seeded) is None
+    assert seeds.SeedSpread("small", (0,), "2026-01-01", {"x": (1.0,)}).sd("x") is None
