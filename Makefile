@@ -12,11 +12,11 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/
 export DATA_DIR
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help venv tools test lint run-all run lab html pdf chromium data bench clean clean-cache \
+.PHONY: help venv tools test lint run-all run seeds lab html pdf chromium data bench clean clean-cache \
 	distclean
 
 help:
-	@echo "make test | run-all [PROFILE=small] | run NB=notebooks/... [PROFILE=smoke] | lab"
+	@echo "make test | run-all [PROFILE=small] | run NB=notebooks/... [PROFILE=smoke] | seeds NB=... | lab"
 	@echo "make html | pdf [PROFILE=small] | data [PROFILE=full] | bench | clean | clean-cache"
 	@echo "make distclean"
 
@@ -51,6 +51,12 @@ run-all: venv tools
 run: venv tools
 	@test -n "$(NB)" || { echo "usage: make run NB=notebooks/<assignment>/<name>.ipynb [PROFILE=smoke|small|full]"; exit 2; }
 	$(PY) -m helpers.nb.run --profile $(PROFILE) $(NB)
+
+# Seed-to-seed spread of a notebook's headline metrics, written into its .toml (SEEDS= to change).
+SEEDS ?= 0 1 2
+seeds: venv tools
+	@test -n "$(NB)" || { echo "usage: make seeds NB=notebooks/<assignment>/<name>.ipynb [PROFILE=small] [SEEDS='0 1 2']"; exit 2; }
+	$(PY) -m helpers.nb.seeds --profile $(PROFILE) --seeds $(SEEDS) -- $(NB)
 
 lab: venv tools
 	$(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) $(ROOT_FLAG) notebooks

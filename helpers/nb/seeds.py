@@ -94,8 +94,8 @@ def measure(notebook: Path, profile: str, seeds: list[int]) -> SeedSpread:
     values: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:
         for seed in seeds:
-            result = run.run_notebook(notebook, profile, seed=seed, root=notebook.resolve().parents[1],
-                                      report_root=Path(tmp))
+            result = run.run_notebook(notebook, profile, seed=seed,
+                                      root=notebook.resolve().parents[1], report_root=Path(tmp))
             if result.status != "ok":
                 raise RuntimeError(f"{notebook} with seed {seed}: {result.error}")
             for name in result.headline:
