@@ -1,5 +1,6 @@
 """Daily price series: loading and validation, masking and imputation, train-only scaling,
-sliding windows, recurrent one-step forecasters, ARIMA walk-forward and persistence.
+sliding windows, recurrent one-step forecasters, ARIMA walk-forward and persistence, and
+the comparison of forecasts (Diebold-Mariano, residual summaries).
 
 Everything here works on a univariate series indexed by date (a ``pandas.Series``); the
 forecasters predict the value of day ``t`` from days ``t-k .. t-1``.
@@ -348,6 +349,51 @@ def evaluate_forecast(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[
         raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ")
     known = ~np.isnan(t)
     return regression_metrics(t[known], p[known])
+
+
+def newey_west_se(values: Sequence[float], lags: int | None = None) -> float:
+    """Standard error of the mean of ``values (n,)`` that allows for autocorrelation.
+
+    The Newey-West long-run variance: autocovariances up to ``lags`` (default
+    ``floor(4 (n/100)^(2/9))``) with Bartlett weights ``1 - j/(lags+1)``; ``lags=0`` gives the
+    i.i.d. ``std/sqrt(n)`` (population std).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"newey_west_se needs at least 2 values, got {n}")
+    lags = int(4 * (n / 100) ** (2 / 9)) if lags is None else lags
+    e = x - x.mean()
+    variance = e @ e / n
+    for j in range(1, min(lags, n - 1) + 1):
+        variance += 2 * (1 - j / (lags + 1)) * (e[j:] @ e[:-j]) / n
+    return float(np.sqrt(max(variance, 0.0) / n))
+
+
+def residual_summary(y_true: Sequence[float],
+                     forecasts: dict[str, Sequence[float]]) -> pd.DataFrame:
+    """The test residuals ``y_true - forecast (n,)`` of each forecast, one row per forecast.
+
+    Columns: ``bias`` (the mean residual; > 0 means the forecast is too low on average) and
+    its Newey-West standard error ``bias_se``, ``std``, ``skew``, ``excess_kurtosis`` (0 for a
+    normal distribution), ``lag1_autocorr`` (0 for errors that do not persist from one day to
+    the next) and ``n``. NaN targets are skipped; the shape columns are NaN for a forecast
+    with constant residuals.
+    """
+    t = np.asarray(y_true, dtype=np.float64)
+    known = ~np.isnan(t)
+    rows = {}
+    for name, forecast in forecasts.items():
+        r = t[known] - np.asarray(forecast, dtype=np.float64)[known]
+        e = r - r.mean()
+        m2 = e @ e / len(e)
+        shape = ({"skew": np.mean(e ** 3) / m2 ** 1.5,
+                  "excess_kurtosis": np.mean(e ** 4) / m2 ** 2 - 3,
+                  "lag1_autocorr": (e[1:] @ e[:-1]) / (e @ e)} if m2 > 0 else
+                 dict.fromkeys(("skew", "excess_kurtosis", "lag1_autocorr"), np.nan))
+        rows[name] = {"bias": r.mean(), "bias_se": newey_west_se(r), "std": r.std(ddof=1),
+                      **shape, "n": len(r)}
+    return pd.DataFrame(rows).T.astype({"n": int})
 
 
 def diebold_mariano(y_true: Sequence[float], pred_a: Sequence[float],

@@ -266,6 +266,16 @@ def test_q1_notebook_at_smoke(smoke_run):
     for method in timeseries.IMPUTERS:
         assert 0 < m[f"impute_{method}_rmse"] < 10
     assert m["n_test_days"] > 50
+    # residuals (section 6.1) and the Diebold-Mariano verdicts against persistence
+    for model in ("persistence", "arima", "rnn", "lstm", "gru", "gru_residual"):
+        assert abs(m[f"{model}_bias"]) < m[f"{model}_rmse"]  # a mean is within the RMS
+        assert -1 <= m[f"{model}_resid_lag1"] <= 1
+        if model != "persistence":
+            assert math.isfinite(m[f"{model}_dm"])
+    assert abs(m["persistence_resid_lag1"]) < 0.5  # daily changes barely persist
+    assert 0 <= m["models_beating_persistence"] <= 5
+    figures = r.report_path.parent / f"{r.report_path.stem}_figures"
+    assert (figures / "residual_histograms.png").is_file()
 
 
 def test_diebold_mariano_of_rounding_differences_is_null():
@@ -280,3 +290,51 @@ def test_residual_forecaster_with_zero_head_is_persistence():
     nn.init.zeros_(model.head.bias)
     x = torch.randn(6, 9, 1)
     torch.testing.assert_close(model(x), x[:, -1, 0])
+
+
+# ------------------------------------------------------------------ residuals
+
+@pytest.mark.parametrize("lags", [0, 1, 7])
+def test_newey_west_se_matches_statsmodels_hac(lags):
+    import statsmodels.api as sm
+
+    x = np.random.default_rng(1).normal(size=300).cumsum() * 0.1 + np.random.default_rng(2).normal(
+        size=300)
+    hac = sm.OLS(x, np.ones_like(x)).fit(
+        cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": False})
+    assert timeseries.newey_west_se(x, lags) == pytest.approx(hac.bse[0], rel=1e-10)
+    if lags == 0:
+        assert timeseries.newey_west_se(x, 0) == pytest.approx(x.std() / math.sqrt(len(x)))
+
+
+def test_newey_west_se_grows_with_positive_autocorrelation():
+    rng = np.random.default_rng(0)
+    ar = np.zeros(2000)
+    for t in range(1, len(ar)):
+        ar[t] = 0.9 * ar[t - 1] + rng.normal()
+    iid = ar.std() / math.sqrt(len(ar))
+    assert timeseries.newey_west_se(ar) > 2 * iid
+
+
+def test_residual_summary_against_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    truth = 50 + rng.normal(size=400).cumsum()
+    truth[[5, 77]] = np.nan
+    too_low = truth - 0.5 + rng.standard_t(4, size=400)
+    table = timeseries.residual_summary(truth, {"too_low": too_low, "exact": truth + 0.0})
+    known = ~np.isnan(truth)
+    r = (truth - too_low)[known]
+    row = table.loc["too_low"]
+    assert row["n"] == known.sum() == 398
+    assert row["bias"] == pytest.approx(r.mean()) and row["bias"] > 0  # forecast too low
+    assert row["std"] == pytest.approx(r.std(ddof=1))
+    assert row["skew"] == pytest.approx(stats.skew(r))
+    assert row["excess_kurtosis"] == pytest.approx(stats.kurtosis(r))  # Fisher: normal -> 0
+    assert row["excess_kurtosis"] > 0.5  # t(4) tails
+    assert row["lag1_autocorr"] == pytest.approx(
+        np.corrcoef(r[1:], r[:-1])[0, 1], abs=0.02)
+    assert row["bias_se"] == pytest.approx(timeseries.newey_west_se(r))
+    assert table.loc["exact", "bias"] == 0 and table.loc["exact", "std"] == 0
+    assert np.isnan(table.loc["exact", "skew"])  # constant residuals have no shape
