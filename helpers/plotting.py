@@ -64,7 +64,7 @@ def shift_operator_figure(n_positions: int, d_model: int, k: int = 3, t0: int = 
     table = layers.sinusoidal_positional_encoding(n_positions, d_model, dtype=torch.float64)
     operator = layers.shift_operator(k, layers.sinusoidal_frequencies(d_model))  # (d, d)
     show = min(d_model, show)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))  # two panels, printed at 3/4 size
     heatmap(axes[0], operator[:show, :show], f"T^({k}), first {show} of {d_model} coordinates",
             "input coordinate", "output coordinate", cmap="coolwarm", colorbar_label="entry",
             vmin=-1, vmax=1)

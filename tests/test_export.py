@@ -1,5 +1,6 @@
 """helpers.nb.export: offline HTML (MathJax, Persian) and, where Chromium exists, PDF."""
 
+import html
 import json
 import shutil
 
@@ -82,3 +83,119 @@ def test_parameters_cell_shows_the_values_the_run_used():
     assert shown.cells[1].source.splitlines() == [
         'profile: str = "smoke"  # smoke | small | full', "seed: int = 3",
         'overrides: dict = {"epochs": 1}  # e.g. {"epochs": 2}']
+
+
+def _figure_output(width_inches: float):
+    """A display_data output holding a matplotlib PNG ``width_inches`` wide at 100 dpi."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width_inches, 2), dpi=100)
+    ax.plot([0, 1], [0, 1])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return new_output("display_data", data={
+        "image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"})
+
+
+def test_figures_too_wide_to_print_readably_are_named(tmp_path):
+    nb = new_notebook()
+    nb.cells = [new_code_cell("fig", outputs=[_figure_output(6.0)]),
+                new_code_cell("wide", outputs=[_figure_output(12.0)])]
+    nb.cells[1].id = "wide-one"
+    nbformat.write(nb, tmp_path / "figs.ipynb")
+    [line] = export.small_print_figures(tmp_path / "figs.ipynb")
+    assert "cell wide-one" in line and "1200 px" in line and "50%" in line
+
+
+def test_only_exports_the_named_reports(reports):
+    written = export.export_html("small", reports, only=["demo"])
+    assert reports / "small" / "hw-a" / "demo.html" in written
+    with pytest.raises(export.ExportError, match="no report named nope"):
+        export.export_html("small", reports, only=["nope"])
+
+
+WIDE_HEADERS = ["train_cpu_seconds", "best_val_loss", "exact_match", "rouge1", "bertscore_f1",
+                "corpus_bleu4", "distinct_captions", "mean_words", "train_loss_first_epoch",
+                "val_loss_last_epoch", "parameters", "head_importance_rank"]
+LONG_WORD = "x" * 110  # one word: it prints on one line only if its block shrinks to fit
+
+
+def _pdf_words(pdf) -> tuple[float, list[tuple[float, float, str]]]:
+    """Page width and (xMin, xMax, text) of every word of a PDF, via poppler's pdftotext."""
+    import re
+    import subprocess
+
+    layout = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True,
+                            text=True, check=True).stdout
+    width = float(re.search(r'<page width="([\d.]+)"', layout).group(1))
+    words = [(float(x0), float(x1), html.unescape(text))
+             for x0, x1, text in re.findall(
+                 r'<word xMin="([\d.]+)" yMin="[\d.]+" xMax="([\d.]+)" yMax="[\d.]+">(.*?)</word>',
+                 layout)]
+    return width, words
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("pdftotext") is None,
+                    reason="chromium (make pdf) and poppler's pdftotext read the printed page")
+def test_printed_tables_and_code_fit_the_page_without_breaking_words(reports):
+    """A table wider than the page at 7 pt shrinks or wraps only between words and after "_";
+    a 110-character line prints whole; nothing crosses the right margin."""
+    import pandas as pd
+
+    table = pd.DataFrame([[123456.789012 + i * j for j in range(len(WIDE_HEADERS))]
+                          for i in range(4)], columns=WIDE_HEADERS)
+    folder = reports / "small" / "hw-a"
+    nb = nbformat.read(folder / "demo.ipynb", as_version=4)
+    code_line = f'x = "{LONG_WORD[:94]}"'  # 100 columns, the project's longest code line
+    nb.cells += [new_code_cell(f"{code_line}\nprint(x + 'x' * 16)",
+                               outputs=[new_output("stream", text=f"{LONG_WORD}\n")]),
+                 new_code_cell("table", outputs=[new_output(
+                     "execute_result", execution_count=3,
+                     data={"text/html": table.to_html(), "text/plain": "table"})])]
+    nbformat.write(nb, folder / "demo.ipynb")
+    export.export_pdf("small", reports, only=["demo"])
+
+    page_width, words = _pdf_words(folder / "demo.pdf")
+    right_margin = page_width - 14 / 25.4 * 72  # @page margin: 14 mm
+    assert max(x1 for _, x1, _ in words) <= right_margin + 1
+    texts = [text for _, _, text in words]
+    assert LONG_WORD in texts and f'"{LONG_WORD[:94]}"' in texts
+    # a header may wrap after "_" only: each printed word is a run of its "_"-ended pieces
+    pieces = set()
+    for header in WIDE_HEADERS:
+        parts = header.replace("_", "_\n").split()
+        pieces |= {"".join(parts[i:j]) for i in range(len(parts))
+                   for j in range(i + 1, len(parts) + 1)}
+    out = texts.index("Out[")  # the table's words follow the output prompt
+    header_words = {t for t in texts[out + 2:] if any(c.isalpha() for c in t)}
+    assert header_words and header_words <= pieces, header_words - pieces
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is installed by make pdf")
+def test_index_fits_a_1400_px_window(reports):
+    """Long titles and metric values wrap inside the index; nothing scrolls sideways."""
+    import re
+    import subprocess
+
+    summary_path = reports / "small" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    row = summary["notebooks"][0]
+    row["metrics"] = {"ranked_heads": ",".join(f"L{i % 12}H{i % 6}" for i in range(72)),
+                      **{f"a_rather_long_metric_name_{i}": 0.123456789 for i in range(12)}}
+    summary_path.write_text(json.dumps(summary))
+    index = export.write_index("small", reports)
+    probe = index.with_name(".probe.html")
+    probe.write_text(index.read_text().replace("</body>", (
+        "<script>document.querySelectorAll('details').forEach(d => d.open = true);"
+        "document.body.dataset.scroll = document.documentElement.scrollWidth;</script></body>")))
+    dom = subprocess.run([export.chromium_binary(), "--headless", "--no-sandbox",
+                          "--disable-gpu", "--window-size=1400,900", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    assert int(re.search(r'data-scroll="(\d+)"', dom).group(1)) <= 1400

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +47,111 @@ EXTRA_CSS = """<style>
   src: url("{static}/Vazirmatn-Regular.woff2") format("woff2"); }
 [dir="rtl"], :lang(fa) { direction: rtl; text-align: right;
   font-family: "Vazirmatn", "DejaVu Sans", sans-serif; }
+.jp-RenderedHTMLCommon td.text-cell { text-align: left; }
+table.fit-measure { table-layout: auto !important; font-size: 9px !important; }
+.fit-measure td, .fit-measure th { padding: 0.1em 0.4em !important; }
 @media print {
   @page { size: A4; margin: 16mm 14mm 18mm 14mm;
           @bottom-center { content: counter(page) " / " counter(pages);
                            font: 9pt "DejaVu Sans", sans-serif; color: #555; } }
-  pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-  .helpers-source pre { font-size: 6.6pt !important; }  /* 100-column source fits A4 */
+  /* FIT_SCRIPT measures each block; the width of its input or output area (100cqi) is the one
+     on the printed page, so the sizes below fit the page. Code and text shrink so their longest
+     line fits, to 6 pt at the least; only longer lines wrap, at spaces first. */
+  .jp-OutputArea-child, .jp-InputArea { display: flex; }
+  .jp-OutputArea-prompt, .jp-InputPrompt { flex: 0 0 var(--jp-cell-prompt-width); }
+  .jp-OutputArea-output, .jp-InputArea-editor, .jp-MarkdownOutput { flex: 1 1 0; min-width: 0;
+    container-type: inline-size; }
+  pre { white-space: pre-wrap; word-break: normal !important; overflow-wrap: anywhere; }
+  pre.fit-text { font-size: clamp(6pt, calc((100cqi - var(--slack)) / (var(--chars) * 0.61)),
+                                  8.5pt) !important; }
   .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
-  .jp-RenderedHTMLCommon table, .dataframe { table-layout: auto; max-width: 100%;
-    font-size: 7pt; }
-  /* column headers may wrap anywhere; cells and row labels wrap at spaces and break a word
-     only when it must, so numbers stay whole (a wide table's columns shrink to them) */
-  .jp-RenderedHTMLCommon thead th { overflow-wrap: anywhere; }
-  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon tbody th { overflow-wrap: break-word; }
-  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 1px 3px; }
+  /* tables: 7 pt, smaller when their narrowest layout that breaks no word would not fit (a
+     PDF zooms; a table cut at the margin loses columns); headers wrap at spaces and after "_"
+     or "/", numbers never break */
+  .jp-RenderedHTMLCommon table { table-layout: auto; max-width: 100%; font-size: 7pt; }
+  .jp-RenderedHTMLCommon table.fit-table {
+    font-size: min(7pt, calc((100cqi - var(--slack)) / var(--table-em))); }
+  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 0.1em 0.4em;
+    overflow-wrap: break-word; word-break: normal; }
+  .jp-RenderedHTMLCommon tr, table.fit-keep { break-inside: avoid; page-break-inside: avoid; }
+  /* figures are never split; text outputs may continue on the next page rather than leave
+     this one half empty (JupyterLab keeps every output whole) */
+  .jp-OutputArea-child { break-inside: auto; }
   img, svg, .jp-RenderedImage, .jp-OutputArea-child:has(img) { break-inside: avoid;
     page-break-inside: avoid; max-width: 100% !important; height: auto; }
-  h1, h2, h3 { break-after: avoid; page-break-after: avoid; }
+  p, li, pre { orphans: 3; widows: 3; }
+  h1, h2, h3, h4 { break-after: avoid; page-break-after: avoid; }
 }
 </style>
+"""
+FIT_SCRIPT = """<script>
+/* Measurements for the print CSS (helpers.nb.export): each code or text block gets its longest
+   line (--chars), each table the width of its narrowest layout that breaks no word, in em
+   (--table-em); --slack is the part of its input or output area's width the block cannot
+   use. Table headers may wrap after "_" and "/"; cells that are not numbers align left. */
+(function () {
+  const NUMBER =
+    /^[-+\\u2212]?(\\d[\\d,_]*\\.?\\d*|\\.\\d+)?(e[-+]?\\d+)?%?$|^(nan|-?inf|True|False|None)$/i;
+  function slack(block) {
+    const style = getComputedStyle(block);
+    const inner = block.clientWidth - parseFloat(style.paddingLeft) -
+      parseFloat(style.paddingRight);
+    const area = block.closest(".jp-OutputArea-output, .jp-InputArea-editor, .jp-MarkdownOutput");
+    if (!area) return 0;
+    const outer = getComputedStyle(area);
+    return Math.ceil(area.clientWidth - parseFloat(outer.paddingLeft) -
+      parseFloat(outer.paddingRight) - inner);
+  }
+  function breakAfterSeparators(cell) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    const texts = [];
+    while (walker.nextNode()) texts.push(walker.currentNode);
+    for (const text of texts) {
+      const parts = text.data.split(/(?<=[_\\/])/);
+      if (parts.length < 2) continue;
+      const pieces = document.createDocumentFragment();
+      parts.forEach((part, i) => {
+        if (i) pieces.append(document.createElement("wbr"));
+        pieces.append(part);
+      });
+      text.replaceWith(pieces);
+    }
+  }
+  function fitText(pre) {
+    const longest = pre.textContent.split("\\n").reduce(
+      (most, line) => Math.max(most, [...line.replace(/\\t/g, "    ")].length), 1);
+    pre.classList.add("fit-text");
+    pre.style.setProperty("--chars", longest);
+    pre.style.setProperty("--slack", slack(pre) + "px");
+  }
+  function fitTable(table) {
+    if (!table.classList.contains("fit-table")) {
+      table.querySelectorAll("th").forEach(breakAfterSeparators);
+      for (const cell of table.querySelectorAll("td")) {
+        if (!NUMBER.test(cell.textContent.trim())) cell.classList.add("text-cell");
+      }
+      if (table.rows.length <= 16) table.classList.add("fit-keep");
+    }
+    table.classList.add("fit-measure");
+    table.style.width = "min-content";
+    const em = table.getBoundingClientRect().width / parseFloat(getComputedStyle(table).fontSize);
+    table.style.width = "";
+    table.classList.remove("fit-measure");
+    table.classList.add("fit-table");
+    table.style.setProperty("--table-em", em.toFixed(2));
+    table.style.setProperty("--slack", slack(table.parentElement) + "px");
+  }
+  function fit() {
+    document.querySelectorAll(".jp-Cell pre").forEach(fitText);
+    document.querySelectorAll(".jp-RenderedHTMLCommon table").forEach(fitTable);
+  }
+  document.addEventListener("DOMContentLoaded", () => {
+    fit();
+    const typeset = window.MathJax && window.MathJax.startup && window.MathJax.startup.promise;
+    if (typeset) typeset.then(fit);
+  });
+})();
+</script>
 """
 
 
@@ -133,7 +219,8 @@ def notebook_html(path: Path, static_rel: str, template: str = "lab") -> str:
     if script not in body:
         raise ExportError(f"nbconvert's {template} template no longer loads MathJax as expected")
     body = body.replace(script, MATHJAX_CONFIG + script, 1)
-    return body.replace("</head>", EXTRA_CSS.replace("{static}", static_rel) + "</head>", 1)
+    return body.replace("</head>", EXTRA_CSS.replace("{static}", static_rel) + FIT_SCRIPT
+                        + "</head>", 1)
 
 
 
@@ -141,25 +228,71 @@ def _static_rel(path: Path, profile_dir: Path) -> str:
     return os.path.relpath(profile_dir / "_static", path.parent)
 
 
-def _export_each(profile: str, report_root: Path,
-                 render: Callable[[Path, str], Path]) -> list[Path]:
-    """Call ``render(report, static_rel)`` for every report of ``profile``, then the index."""
+PRINTED_FIGURE_PX = 600  # a PNG this wide (6 in at matplotlib's 100 dpi) prints at full size
+READABLE_SCALE = 0.7  # a figure printed smaller than this shows its 10 pt labels below 7 pt
+
+
+def _png_width(output: Any) -> int:
+    """Display width in pixels of a notebook output's PNG (its ``width`` metadata, else the
+    PNG header's)."""
+    import base64
+
+    shown = output.get("metadata", {}).get("image/png", {}).get("width")
+    if shown:
+        return int(shown)
+    header = base64.b64decode(output["data"]["image/png"][:32])
+    return int.from_bytes(header[16:20], "big")
+
+
+def small_print_figures(report: Path) -> list[str]:
+    """One line for every figure of ``report`` that the PDF shrinks below ``READABLE_SCALE``:
+    a figure wider than the page is scaled down with its text, so its labels become
+    unreadable. Draw it narrower (``helpers.plotting.PAGE_WIDTH_INCHES``) or as several
+    figures."""
+    import nbformat
+
+    lines = []
+    for cell in nbformat.read(report, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            if "image/png" not in output.get("data", {}):
+                continue
+            width = _png_width(output)
+            scale = PRINTED_FIGURE_PX / width
+            if scale < READABLE_SCALE:
+                lines.append(f"{report.name} cell {cell.get('id', '?')}: a figure {width} px "
+                             f"wide prints at {scale:.0%}, its 10 pt text at {10 * scale:.1f} pt")
+    return lines
+
+
+def _export_each(profile: str, report_root: Path, render: Callable[[Path, str], Path],
+                 only: Sequence[str] = ()) -> list[Path]:
+    """Call ``render(report, static_rel)`` for every report of ``profile`` (or those whose
+    stem is in ``only``), warn about figures too wide to print readably, then write the
+    index."""
     profile_dir = report_root / profile
-    notebooks = reports_of(profile, report_root)
+    notebooks = [p for p in reports_of(profile, report_root) if not only or p.stem in only]
+    if only and len(notebooks) < len(set(only)):
+        missing = set(only) - {p.stem for p in notebooks}
+        raise ExportError(f"no report named {', '.join(sorted(missing))} in {profile_dir}")
     install_static(profile_dir)
     written = [render(nb_path, _static_rel(nb_path, profile_dir)) for nb_path in notebooks]
+    for nb_path in notebooks:
+        for line in small_print_figures(nb_path):
+            print(f"warning: {line}", file=sys.stderr)
     written.append(write_index(profile, report_root))
     return written
 
 
-def export_html(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
-    """Render every report of ``profile`` to HTML beside it, then the index page."""
+def export_html(profile: str, report_root: Path = REPORT_DIR,
+                only: Sequence[str] = ()) -> list[Path]:
+    """Render every report of ``profile`` (or those named in ``only``) to HTML beside it, then
+    the index page."""
     def render(nb_path: Path, static_rel: str) -> Path:
         out = nb_path.with_suffix(".html")
         atomic_write_text(out, notebook_html(nb_path, static_rel))
         return out
 
-    return _export_each(profile, report_root, render)
+    return _export_each(profile, report_root, render, only)
 
 
 def _title(report: Path) -> str:
@@ -261,8 +394,10 @@ def print_pdf(html_path: Path, pdf_path: Path, timeout: int = 120) -> None:
         os.replace(tmp, pdf_path)
 
 
-def export_pdf(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
-    """Print every report of ``profile`` to PDF beside it (via the webpdf HTML template)."""
+def export_pdf(profile: str, report_root: Path = REPORT_DIR,
+               only: Sequence[str] = ()) -> list[Path]:
+    """Print every report of ``profile`` (or those named in ``only``) to PDF beside it (via the
+    webpdf HTML template)."""
     def render(nb_path: Path, static_rel: str) -> Path:
         printable = nb_path.with_name(f".{nb_path.stem}.print.html")
         try:
@@ -272,7 +407,7 @@ def export_pdf(profile: str, report_root: Path = REPORT_DIR) -> list[Path]:
             printable.unlink(missing_ok=True)
         return nb_path.with_suffix(".pdf")
 
-    return _export_each(profile, report_root, render)
+    return _export_each(profile, report_root, render, only)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,10 +417,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=("html", "pdf"))
     parser.add_argument("--profile", default="small")
+    parser.add_argument("--only", nargs="+", default=(), metavar="STEM",
+                        help="export only these reports (notebook file names without .ipynb)")
     args = parser.parse_args(argv)
     try:
         check_profile(args.profile)
-        written = (export_html if args.format == "html" else export_pdf)(args.profile)
+        export = export_html if args.format == "html" else export_pdf
+        written = export(args.profile, only=args.only)
     except (ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
