@@ -61,10 +61,12 @@ def test_index_shows_headline_metrics_and_folds_the_rest(reports):
     row = summary["notebooks"][0]
     row["metrics"] = {f"m{i}": float(i) for i in range(12)}
     row["headline"] = ["m7", "m2"]
+    row["seed_sd"] = {"m7": {"sd": 0.0123, "seeds": 3, "measured": "2026-12-01"}}
     summary_path.write_text(json.dumps(summary))
     index = export.write_index("small", reports).read_text()
     shown, folded = index.split("<details>")
-    assert "<code>m7</code> = 7" in shown and "<code>m2</code> = 2" in shown
+    assert "<code>m7</code> = 7 ± 0.012 (sd of 3 seeds)" in shown
+    assert "<code>m2</code> = 2<" in shown
     assert "<code>m5</code>" not in shown and "<code>m5</code> = 5" in folded
     assert "all 12 metrics" in folded
 

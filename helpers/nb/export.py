@@ -308,8 +308,10 @@ def _title(report: Path) -> str:
     return report.stem
 
 
-def _metric(name: str, value: Any) -> str:
+def _metric(name: str, value: Any, seed_sd: dict[str, Any] | None = None) -> str:
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if seed_sd and seed_sd.get("sd") is not None:
+        shown += f" ± {seed_sd['sd']:.2g} (sd of {seed_sd['seeds']} seeds)"
     return f"<code>{html.escape(name)}</code> = {html.escape(shown)}"
 
 
@@ -332,7 +334,8 @@ def write_index(profile: str, report_root: Path = REPORT_DIR) -> Path:
                  if (profile_dir / rel.with_suffix(ext)).exists()]
         metrics = row.get("metrics", {})
         names = row.get("headline") or list(metrics)[:HEADLINE_FALLBACK]
-        shown = "<br>".join(_metric(k, metrics[k]) for k in names if k in metrics)
+        spread = row.get("seed_sd") or {}
+        shown = "<br>".join(_metric(k, metrics[k], spread.get(k)) for k in names if k in metrics)
         rest = [k for k in metrics if k not in names]
         if rest:
             shown += (f"<details><summary>all {len(metrics)} metrics</summary>"
