@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from helpers.attention import MultiHeadAttention
 from helpers.layers import Embeddings, PositionalEncoding, PositionwiseFeedForward
 from helpers.transformer import EncoderLayer
+
+Metric = TypeVar("Metric")
 
 # ----------------------------------------------------------------------- maskable models
 
@@ -179,8 +181,8 @@ def iterative_pruning_order(model: nn.Module, batches: Sequence[Any],
 
 
 @torch.no_grad()
-def evaluate_with_mask(model: nn.Module, mask: Tensor, evaluate: Callable[[nn.Module], float],
-                       ) -> float:
+def evaluate_with_mask(model: nn.Module, mask: Tensor, evaluate: Callable[[nn.Module], Metric],
+                       ) -> Metric:
     """``evaluate(model)`` with ``mask (n_layers, n_heads)`` installed, then all heads restored."""
     model.set_head_mask(mask.detach().clone())
     try:
@@ -201,9 +203,10 @@ def single_head_ablation(model: nn.Module, evaluate: Callable[[nn.Module], float
     return table
 
 
-def pruning_curve(model: nn.Module, evaluate: Callable[[nn.Module], float],
-                  order: Sequence[tuple[int, int]], shape: tuple[int, int]) -> list[float]:
-    """The metric after masking 0, 1, ..., len(order) heads cumulatively in ``order``."""
+def pruning_curve(model: nn.Module, evaluate: Callable[[nn.Module], Metric],
+                  order: Sequence[tuple[int, int]], shape: tuple[int, int]) -> list[Metric]:
+    """The metric after masking 0, 1, ..., len(order) heads cumulatively in ``order``; any value
+    ``evaluate`` returns (an accuracy, or per-example correctness ``(N,)`` for paired errors)."""
     mask = torch.ones(shape)
     values = [evaluate_with_mask(model, mask, evaluate)]
     for layer, head in order:

@@ -9,8 +9,10 @@ but the token ids themselves, so that copy-on-write can be checked for correctne
 - :class:`BlockAllocator`: fixed-size physical blocks, a block table per sequence, reference
   counts, ``fork`` (share every block) and copy-on-write when a shared block is written.
 - :func:`simulate_serving`: a step-by-step decoding simulation of a request stream under
-  either scheme; :func:`parallel_sampling_blocks` and :func:`beam_search_blocks` count the
-  blocks used with and without sharing.
+  either scheme; :meth:`ServingResult.duration` prices its steps with a roofline (prefill
+  passes, recomputation after preemption and KV reads included), so that
+  :meth:`ServingResult.goodput` counts recomputation as cost; :func:`parallel_sampling_blocks`
+  and :func:`beam_search_blocks` count the blocks used with and without sharing.
 """
 
 from __future__ import annotations
@@ -203,11 +205,30 @@ class ServingResult:
     internal: list[int] = field(default_factory=list)   # allocated, never to be filled
     external: list[int] = field(default_factory=list)   # free while a request waits for memory
     running: list[int] = field(default_factory=list)    # requests decoding in the step
+    prefill: list[int] = field(default_factory=list)    # prompt tokens prefilled in the step
+    #                                                     (recomputed tokens included)
 
     @property
     def throughput(self) -> float:
-        """Generated tokens per decoding step."""
+        """Generated tokens per decoding step (prefill and recomputation free)."""
         return self.generated_tokens / max(self.steps, 1)
+
+    def duration(self, ridge_tokens: float = math.inf, kv_read_per_slot: float = 0.0) -> float:
+        """The run's time in units of one read of the model weights, by a roofline: a forward
+        pass over ``n`` tokens costs ``max(1, n / ridge_tokens)`` (memory-bound until the
+        compute of ``n`` tokens exceeds the weight read). A step that admits requests first runs
+        a prefill pass over their prompts (a recomputed request's prompt is everything it had
+        stored), then the decoding pass, which also reads the ``used`` KV slots:
+        ``max(1 + kv_read_per_slot * used, running / ridge_tokens)``. Idle steps cost 1."""
+        running, used = np.array(self.running, float), np.array(self.used, float)
+        prefill = np.array(self.prefill, float)
+        decode = np.maximum(1 + kv_read_per_slot * used, running / ridge_tokens)
+        prefill_pass = np.where(prefill > 0, np.maximum(1, prefill / ridge_tokens), 0)
+        return float(self.steps - len(self.running) + decode.sum() + prefill_pass.sum())
+
+    def goodput(self, ridge_tokens: float = math.inf, kv_read_per_slot: float = 0.0) -> float:
+        """Generated tokens per unit of :meth:`duration`: recomputation counts as cost."""
+        return self.generated_tokens / self.duration(ridge_tokens, kv_read_per_slot)
 
     def fractions(self) -> dict[str, float]:
         """Mean share of the capacity that is used, reserved, internally fragmented, externally
@@ -243,7 +264,7 @@ def simulate_serving(requests: list[Request], capacity: int, scheme: str, block_
     paged = BlockAllocator(capacity // block_size, block_size) if scheme == "paged" else None
     step = 0
     while (waiting or running) and step < max_steps:
-        blocked = False
+        blocked, prefill = False, 0
         while waiting and waiting[0].arrival <= step:  # admission, FCFS
             req = waiting[0]
             if contiguous is not None:
@@ -261,6 +282,7 @@ def simulate_serving(requests: list[Request], capacity: int, scheme: str, block_
                     break
                 paged.add_sequence(req.rid, np.zeros(req.prompt_len, dtype=np.int64))
                 running[req.rid] = [req, req.prompt_len, 0, None]
+            prefill += req.prompt_len
             waiting.popleft()
         if not running:
             if blocked:
@@ -305,6 +327,7 @@ def simulate_serving(requests: list[Request], capacity: int, scheme: str, block_
         result.internal.append(internal)
         result.external.append(free if blocked else 0)
         result.running.append(len(running))
+        result.prefill.append(prefill)
         for rid in [r for r, s in running.items() if s[2] >= s[0].output_len]:
             req, _, _, start = running.pop(rid)
             if contiguous is not None:

@@ -81,6 +81,10 @@ def test_ablation_and_pruning_curve_restore_the_mask():
     curve = hm.pruning_curve(model, evaluate, [(0, 1), (0, 0)], (1, 2))
     assert curve[0] == 0 and len(curve) == 3
     assert_close(model(x), full)  # every head back on
+    # any metric comes back as evaluate returns it: here per-example errors (3,) per point
+    per_example = hm.pruning_curve(model, lambda mdl: (mdl(x) - full).abs().amax(-1),
+                                   [(0, 1), (0, 0)], (1, 2))
+    assert_close(torch.stack(per_example).amax(-1), torch.tensor(curve))
     with pytest.raises(ValueError, match="mask must be"):
         model.set_head_mask(torch.ones(2, 2))
 

@@ -82,3 +82,24 @@ def test_request_validation_and_unknown_scheme():
         pk.Request(0, 10, 20, 10)
     with pytest.raises(ValueError, match="scheme"):
         pk.simulate_serving([], 10, "buddy")
+
+
+def test_duration_prices_steps_by_the_roofline():
+    one = [pk.Request(0, prompt_len=4, output_len=3, max_new_tokens=3)]
+    res = pk.simulate_serving(one, capacity=64, scheme="paged", block_size=4)
+    assert res.prefill == [4, 0, 0] and res.running == [1, 1, 1] and res.used == [5, 6, 7]
+    # prefill pass max(1, 4/2) = 2; decoding passes 1 + 0.1 * used = 1.5, 1.6, 1.7
+    assert res.duration(ridge_tokens=2, kv_read_per_slot=0.1) == pytest.approx(2 + 4.8)
+    assert res.duration() == 3 + 1  # memory-bound limit: one weight read per pass
+    assert res.goodput(2, 0.1) == pytest.approx(3 / 6.8)
+
+
+@pytest.mark.parametrize("scheme", ["contiguous", "paged"])
+def test_recomputation_is_prefilled_again_and_priced(scheme):
+    reqs = pk.random_requests(60, np.random.default_rng(2), (16, 128), (8, 256), 256)
+    res = pk.simulate_serving(reqs, 2048, scheme, block_size=16)
+    assert (res.preemptions > 0) == (scheme == "paged")  # this memory is too small for paging
+    assert sum(res.prefill) == sum(r.prompt_len for r in reqs) + res.recomputed_tokens
+    # ridge 1: every token costs a weight read, so the duration counts every token computed
+    assert res.duration(ridge_tokens=1) == res.generated_tokens + sum(res.prefill)
+    assert res.goodput(1) < res.goodput() <= res.throughput
