@@ -1,6 +1,7 @@
 """Scaled dot-product attention and multi-head attention, written out, and the numerical checks of
 the attention theory questions: the 1/√d_k moments and softmax saturation, single- vs multi-head
-attention as a query over noisy keys, and self-attention as one input-dependent matrix.
+attention as a query over noisy keys, self-attention as one input-dependent matrix (its
+token-by-token blocks, the span of its matrices), and what more heads cost.
 
 Masks follow PyTorch SDPA's boolean convention: ``True`` means *may attend*.
 """
@@ -8,10 +9,13 @@ Masks follow PyTorch SDPA's boolean convention: ``True`` means *may attend*.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from helpers.kv_cache import measured_flops
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
@@ -241,3 +245,51 @@ def self_attention_as_matrix(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor,
     """The ``(N·D_v, N·D)`` matrix M(X) with vec(Y) = M(X) vec(X) for Y = A(X) X W_v
     (row-major vec): M = A ⊗ W_vᵀ, block (i, j) = A_ij W_vᵀ. It depends on X through A."""
     return torch.kron(attention_weights(x, w_q, w_k, causal), w_v.T.contiguous())
+
+
+@torch.no_grad()
+def matrix_of_linear_map(fn: Callable[[Tensor], Tensor], in_shape: tuple[int, ...],
+                         dtype: torch.dtype = torch.float64) -> Tensor:
+    """The matrix of a linear ``fn`` on tensors of ``in_shape`` (row-major vec): column k is
+    vec(fn(e_k)) for the k-th basis tensor e_k. Returns ``(fn's output numel, prod(in_shape))``."""
+    n_in = math.prod(in_shape)
+    basis = torch.eye(n_in, dtype=dtype).reshape(n_in, *in_shape)
+    return torch.stack([fn(e).flatten() for e in basis], 1)
+
+
+def token_blocks(matrix: Tensor, n_tokens: int) -> Tensor:
+    """The ``(N·D_out, N·D_in)`` matrix of a map on sequences as its token-by-token blocks
+    ``(N, N, D_out, D_in)``: block (i, j) says how token j's input moves token i's output."""
+    rows, cols = matrix.shape
+    blocks = matrix.reshape(n_tokens, rows // n_tokens, n_tokens, cols // n_tokens)
+    return blocks.permute(0, 2, 1, 3)  # (i, j, D_out, D_in)
+
+
+def attention_matrix_span(n: int, d: int, d_k: int, n_samples: int, shared_weights: bool,
+                          generator: torch.Generator | None = None) -> int:
+    """Dimension of the span of the matrices M(X) (:func:`self_attention_as_matrix`, ``(n·d,
+    n·d)``) over ``n_samples`` random inputs X ``(n, d)``: with new random W_q, W_k ``(d, d_k)``,
+    W_v ``(d, d)`` per sample, or one set for all (``shared_weights``, one layer)."""
+    def weights() -> list[Tensor]:
+        return [torch.randn(d, k, generator=generator, dtype=torch.float64) for k in (d_k, d_k, d)]
+
+    fixed = weights()
+    stacked = []
+    for _ in range(n_samples):
+        x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        stacked.append(self_attention_as_matrix(x, *(fixed if shared_weights else weights())))
+    return int(torch.linalg.matrix_rank(torch.stack(stacked).flatten(1)))
+
+
+def multihead_cost(batch: int, seq: int, d_model: int, n_heads: int) -> dict[str, int]:
+    """One self-attention forward of :class:`MultiHeadAttention` (no bias) on the ``meta`` device
+    (shapes only, nothing allocated), measured: ``matmul_flops`` counted by PyTorch's
+    ``FlopCounterMode`` (:func:`helpers.kv_cache.measured_flops`), and the elements and bytes
+    (float32) of the attention maps it forms, ``(B, n_heads, seq, seq)``."""
+    with torch.device("meta"):
+        mha = MultiHeadAttention(d_model, n_heads, bias=False)
+        x = torch.empty(batch, seq, d_model)
+    flops = measured_flops(mha, x, x, x)
+    maps = mha.last_weights
+    return {"matmul_flops": flops, "map_elements": maps.numel(),
+            "map_bytes": maps.numel() * maps.element_size()}

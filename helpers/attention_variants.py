@@ -1,16 +1,20 @@
-"""Attention beyond scaled dot-product: additive (Bahdanau) attention, hard (argmax) attention, and
-multi-head self-attention with Gaussian relative-position scores, which reproduces a convolution
-(Cordonnier et al. 2020; sharif-1404-hw3 T6).
+"""Attention beyond scaled dot-product: additive (Bahdanau) attention, hard (argmax) attention and
+its zero-temperature softmax form, two heads with a key of isotropic noise (sharif-1402-hw3 T3),
+and multi-head self-attention with Gaussian relative-position scores, which reproduces a
+convolution (Cordonnier et al. 2020; sharif-1404-hw3 T6).
 
 Masks follow ``helpers.attention``: boolean, ``True`` = may attend.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers import attention
 from helpers.attention import masked_softmax
 
 
@@ -87,6 +91,63 @@ def hard_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     index = scores.argmax(dim=-1)
     one_hot = nn.functional.one_hot(index, scores.shape[-1]).to(v.dtype)  # no grad path to q, k
     return one_hot @ v, index
+
+
+ZERO_TEMPERATURE_MARGIN = 1000.0
+"""exp(-1000) underflows to 0 in float32 and float64 alike."""
+
+
+def zero_temperature_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Argmax attention as the τ → 0 limit of softmax attention, with the graph to q and k kept:
+    ``softmax(q kᵀ / τ) v`` at τ = (smallest gap between a query's two best scores) / 1000, where
+    every weight but the winner's underflows to exactly 0 and the winner's is exactly 1.
+
+    Same shapes and output as :func:`hard_attention`; returns ``(output (..., Lq, dv),
+    weights (..., Lq, Lk))``. τ is a constant (computed without gradient); raises on a tie,
+    where argmax jumps.
+    """
+    scores = q @ k.transpose(-2, -1)  # (..., Lq, Lk)
+    best_two = scores.detach().topk(2, dim=-1).values
+    gap = (best_two[..., 0] - best_two[..., 1]).min()
+    if gap <= 0:
+        raise ValueError("two keys tie for the highest score: argmax is not differentiable there")
+    weights = (scores / (gap / ZERO_TEMPERATURE_MARGIN)).softmax(-1)
+    return weights @ v, weights
+
+
+def two_heads_with_wide_key(d: int, n_keys: int, beta: float, alpha: float, stretch: float,
+                            key_variance: float, n_samples: int,
+                            generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """sharif-1402-hw3 T3 (d)(ii) as printed: key a drawn with
+    Σ_a = key_variance·I + stretch·μ_aμ_aᵀ (the Persian text has key_variance = 1), the others
+    with Σ_i = αI; orthonormal means and values ``(n_keys, d)``, a = 0, b = 1; heads q₁ = βμ_a,
+    q₂ = βμ_b and c = ½(c₁ + c₂), and for comparison the single head q = β(μ_a + μ_b) of (c).
+
+    Returns, per sample ``(S,)``: ``two_heads`` and ``one_head``, the weight of v_a in c
+    (½ = the average, 1 = v_a, 0 = v_b); ``head2_on_a``, head 2's attention weight on k_a; and
+    the scores ``head1_key_score`` = k_a·q₁, ``head2_key_score`` = k_a·q₂ and
+    ``head2_target_score`` = k_b·q₂.
+    """
+    if key_variance < alpha:
+        raise ValueError("key_variance must be at least alpha")
+    a, b = 0, 1
+    mu = attention.orthonormal_columns(d, n_keys, generator).T  # (n, d) orthonormal means
+    values = attention.orthonormal_columns(d, n_keys, generator).T  # orthonormal values
+    keys = attention.sample_keys(mu, alpha, n_samples, stretched=a, stretch=stretch,
+                                 generator=generator)  # (S, n, d); Σ_a = αI + stretch μ_aμ_aᵀ
+    keys[:, a] += torch.randn(n_samples, d, generator=generator,
+                              dtype=mu.dtype) * math.sqrt(key_variance - alpha)
+    q1, q2 = beta * mu[a], beta * mu[b]
+    c1, _ = attention.attend(q1, keys, values)
+    c2, head2 = attention.attend(q2, keys, values)
+    c_single, _ = attention.attend(q1 + q2, keys, values)
+
+    def weight(c: Tensor) -> Tensor:
+        return attention.weight_on(c, values[a], values[b])
+
+    return {"two_heads": weight(0.5 * (c1 + c2)), "one_head": weight(c_single),
+            "head2_on_a": head2[:, a], "head1_key_score": keys[:, a] @ q1,
+            "head2_key_score": keys[:, a] @ q2, "head2_target_score": keys[:, b] @ q2}
 
 
 # ------------------------------------------------ attention ≡ convolution (sharif-1404-hw3 T6)

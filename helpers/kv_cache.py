@@ -2,7 +2,9 @@
 with Multi-Query (1 key/value head) and Grouped-Query (g key/value heads) attention, and
 (bonus) Multi-head Latent Attention, whose cache holds one small latent vector per token.
 Beside it, the cost formulas that the notebook checks against ``FlopCounterMode`` and the
-cache tensors' real ``numel()``.
+cache tensors' real ``numel()``: the step without a cache read both ways (the layer re-run over
+all tokens, or keys and values recomputed for one query), with a cache, and MLA's step with and
+without absorbing its up-projections.
 
 FLOPs count 2 per multiply-add and only the matrix products (softmax, scaling and masking
 are O(n·n_h) and left out); projections have no bias.
@@ -66,6 +68,16 @@ class DecoderAttention(nn.Module):
         b, _, t, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), new_cache
 
+    def last_token_without_cache(self, x: Tensor) -> Tensor:
+        """The newest token's output with no cache, computed as cheaply as that allows: keys
+        and values of all T tokens recomputed, the query of the last one only.
+        ``x (B, T, d)`` -> ``(B, 1, d)``, equal to ``self(x)[0][:, -1:]``."""
+        q = self._heads(self.q_proj(x[:, -1:]), self.n_heads)  # (B, n_h, 1, d_h)
+        k = self._heads(self.k_proj(x), self.n_kv_heads)  # (B, n_kv, T, d_h)
+        v = self._heads(self.v_proj(x), self.n_kv_heads)
+        out = causal_attention(q, k, v, self.n_heads // self.n_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
+
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, group: int) -> Tensor:
     """softmax(q kᵀ/√d_h) v with each key/value head shared by ``group`` query heads.
@@ -111,6 +123,22 @@ class LatentAttention(nn.Module):
         keep = latent if (use_cache or cache is not None) else None
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), keep
 
+    def absorbed_step(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
+        """One decoding step as DeepSeek runs it: W_UK absorbed into the query and W_UV applied
+        after the weighted sum, so attention runs against the cached latents themselves and no
+        key or value is re-created. ``x (B, 1, d)``, ``cache (B, T, d_latent)`` ->
+        ``(out (B, 1, d), cache (B, T+1, d_latent))``; ``out`` equals ``self(x, cache)[0]``."""
+        latent = torch.cat([cache, self.down_kv(x)], 1)  # (B, T+1, d_c)
+        b, d_c = x.shape[0], latent.shape[-1]
+        q = self.q_proj(x).view(b, self.n_heads, self.d_head)  # (B, n_h, d_h)
+        w_uk = self.up_k.weight.view(self.n_heads, self.d_head, d_c)  # k_h = W_UK[h] c
+        w_uv = self.up_v.weight.view(self.n_heads, self.d_head, d_c)
+        q_latent = torch.einsum("bhe,hec->bhc", q, w_uk)  # q_h W_UK[h]: (B, n_h, d_c)
+        scores = q_latent @ latent.transpose(1, 2) / math.sqrt(self.d_head)  # (B, n_h, T+1)
+        context = scores.softmax(-1) @ latent  # weighted sum of latents: (B, n_h, d_c)
+        heads = torch.einsum("bhc,hec->bhe", context, w_uv)  # (B, n_h, d_h)
+        return self.o_proj(heads.reshape(b, 1, -1)), latent
+
 
 @torch.no_grad()
 def decode(layer: nn.Module, xs: Tensor, use_cache: bool) -> Tensor:
@@ -148,6 +176,36 @@ def step_flops(n: int, d: int, d_h: int, n_h: int, n_kv: int | None = None,
     projections = 2 * rows * d * n_h * d_h + 4 * rows * d * n_kv * d_h + 2 * rows * n_h * d_h * d
     attention = 4 * rows * n * n_h * d_h
     return projections + attention
+
+
+def step_flops_recompute_kv(n: int, d: int, d_h: int, n_h: int, n_kv: int | None = None) -> int:
+    """Matmul FLOPs of the cheapest step without a cache
+    (:meth:`DecoderAttention.last_token_without_cache`): keys and values of all n tokens
+    recomputed, the query, one row of scores and the output of the newest token only:
+    ``2d·n_h·d_h + 4n·d·n_kv·d_h + 4n·n_h·d_h + 2n_h·d_h·d``."""
+    n_kv = n_h if n_kv is None else n_kv
+    return 2 * d * n_h * d_h + 4 * n * d * n_kv * d_h + 4 * n * n_h * d_h + 2 * n_h * d_h * d
+
+
+def mla_step_flops(n: int, d: int, d_h: int, n_h: int, d_latent: int, d_rope: int = 0,
+                   absorbed: bool = True) -> int:
+    """Matmul FLOPs of one cached MLA decoding step (n tokens in context, the newest included).
+
+    Both ways project the query (2d·n_h·d_h) and the new latent (2d·d_c) and end with the output
+    projection (2n_h·d_h·d). ``absorbed=False`` (:class:`LatentAttention` called with a cache)
+    re-creates the keys and values of all n tokens from the latents, 4n·d_c·n_h·d_h, then attends
+    as MHA, 4n·n_h·d_h. ``absorbed=True`` (:meth:`LatentAttention.absorbed_step`) maps each query
+    into latent space, 2n_h·d_h·d_c, attends against the latents, 4n·n_h·d_c, and applies W_UV
+    once, 2n_h·d_c·d_h. ``d_rope`` adds DeepSeek's decoupled RoPE part: the per-head RoPE queries
+    2d·n_h·d_R, the shared RoPE key 2d·d_R, and its scores 2n·n_h·d_R.
+    """
+    ends = 2 * d * n_h * d_h + 2 * d * d_latent + 2 * n_h * d_h * d
+    if absorbed:
+        middle = 2 * n_h * d_h * d_latent + 4 * n * n_h * d_latent + 2 * n_h * d_latent * d_h
+    else:
+        middle = 4 * n * d_latent * n_h * d_h + 4 * n * n_h * d_h
+    rope = 2 * d * n_h * d_rope + 2 * d * d_rope + 2 * n * n_h * d_rope
+    return ends + middle + rope
 
 
 def cache_elements(n: int, d_h: int, n_kv: int) -> int:

@@ -105,6 +105,29 @@ def cell_backward(dh: Tensor, dc_next: Tensor, cache: CellCache,
             "W_x": da.T @ k.x, "W_h": da.T @ k.h_prev, "b": da.sum(0), "a": da}
 
 
+def parameter_gradients(e_delta: Tensor, cache: CellCache) -> dict[str, Tensor]:
+    """The twelve parameter gradients of one cell in closed form, each written out from
+    ``e_delta (B, H)`` = E_δ = ∂E/∂h_t and the forward values (no gradient from a later step).
+
+    The answer to sharif-1402-hw3 T1(b) term by term, under :func:`named_gradients`' names:
+    ``W_x* (H, D)``, ``W_h* (H, H)``, ``b_* (H,)`` for * in i, f, g, o, summed over the batch.
+    :func:`cell_backward` is the same chain rule with the gates stacked.
+    """
+    k = cache
+    tanh_prime_c = 1 - k.tanh_c ** 2
+    error = {  # ∂E/∂a_* for each gate's pre-activation, (B, H)
+        "i": e_delta * k.o * tanh_prime_c * k.g * k.i * (1 - k.i),
+        "f": e_delta * k.o * tanh_prime_c * k.c_prev * k.f * (1 - k.f),
+        "g": e_delta * k.o * tanh_prime_c * k.i * (1 - k.g ** 2),
+        "o": e_delta * k.tanh_c * k.o * (1 - k.o),
+    }
+    out: dict[str, Tensor] = {}
+    for key, inputs in (("W_x", k.x), ("W_h", k.h_prev)):
+        out.update({f"{key}{gate}": delta.T @ inputs for gate, delta in error.items()})
+    out.update({f"b_{gate}": delta.sum(0) for gate, delta in error.items()})
+    return out
+
+
 def forward(xs: Tensor, h0: Tensor, c0: Tensor,
             p: LSTMParams) -> tuple[Tensor, Tensor, list[CellCache]]:
     """Unroll over ``xs (T, B, D)`` from ``h0, c0 (B, H)``: ``hs (T, B, H)``, ``c_T``, caches."""

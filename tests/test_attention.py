@@ -164,3 +164,46 @@ def test_one_head_average_is_fragile_and_two_heads_are_not():
 def test_averaging_fractions_count_each_band():
     f = attention.averaging_fractions(torch.tensor([0.0, 0.02, 0.5, 0.53, 0.97, 0.7, 1.0, 0.3]))
     assert f == {"near_average": 2 / 8, "at_a": 2 / 8, "at_b": 2 / 8, "at_a_or_b": 4 / 8}
+
+
+def test_matrix_of_linear_map_of_a_projection_is_block_diagonal_and_shared():
+    n, d, d_out = 4, 3, 2
+    proj = torch.nn.Linear(d, d_out, bias=False).double()
+    with torch.no_grad():
+        m = attention.matrix_of_linear_map(proj, (n, d))
+    assert m.shape == (n * d_out, n * d)
+    assert_close(m, torch.kron(torch.eye(n, dtype=torch.float64), proj.weight.detach()))
+    blocks = attention.token_blocks(m, n)  # (n, n, d_out, d)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    assert blocks[off_diagonal].abs().max() == 0
+    assert_close(blocks[0, 0], blocks[3, 3])
+    x = torch.randn(n, d, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close(m @ x.flatten(), proj(x).flatten())
+
+
+def test_token_blocks_of_the_attention_matrix_are_scaled_value_maps():
+    n, d = 3, 2
+    x, wq, wk, wv = (torch.randn(n if i == 0 else d, d, dtype=torch.float64) for i in range(4))
+    blocks = attention.token_blocks(attention.self_attention_as_matrix(x, wq, wk, wv), n)
+    a = attention.attention_weights(x, wq, wk)
+    assert_close(blocks, a[:, :, None, None] * wv.T)
+
+
+def test_attention_matrices_span_n2_minus_n_plus_1_times_d2():
+    g = torch.Generator().manual_seed(0)
+    n, d = 3, 2
+    # row sums of A are 1: its span is N² − N + 1 dimensional, times D² for free W_v
+    assert attention.attention_matrix_span(n, d, 2, 80, shared_weights=False,
+                                           generator=g) == (n * n - n + 1) * d * d
+    assert attention.attention_matrix_span(n, d, 2, 40, shared_weights=True,
+                                           generator=g) == n * n - n + 1
+
+
+def test_multihead_cost_maps_grow_with_heads_matmuls_do_not():
+    b, n, d = 2, 16, 32
+    costs = {h: attention.multihead_cost(b, n, d, h) for h in (1, 2, 4, 8)}
+    for h, c in costs.items():
+        assert c["map_elements"] == b * h * n * n and c["map_bytes"] == 4 * b * h * n * n
+        assert c["matmul_flops"] == 8 * b * n * d * d + 4 * b * n * n * d
+

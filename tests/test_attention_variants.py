@@ -1,4 +1,7 @@
-"""helpers.attention_variants: additive, hard (argmax) attention; attention ≡ convolution."""
+"""helpers.attention_variants: additive, hard (argmax) attention and its zero-temperature form;
+two heads with a wide key; attention ≡ convolution."""
+
+import math
 
 import pytest
 import torch
@@ -101,3 +104,47 @@ def test_attention_convolution_with_dilation_and_stride(dilation, stride):
     ours = av.attention_as_convolution(image, conv, 40.0)
     assert ours.shape == ref.shape
     assert_close(ours, ref, atol=1e-9, rtol=0)
+
+
+def test_zero_temperature_attention_is_argmax_with_zero_gradient_through_the_graph():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+               for n in (3, 5, 5))
+    out, weights = av.zero_temperature_attention(q, k, v)
+    hard_out, index = av.hard_attention(q, k, v)
+    assert torch.equal(out, hard_out)
+    assert torch.equal(weights, nn.functional.one_hot(index, 5).to(weights.dtype))
+    grad_q, grad_k, grad_v = torch.autograd.grad(out.pow(2).sum(), (q, k, v))  # all connected
+    assert torch.count_nonzero(grad_q) == 0 and torch.count_nonzero(grad_k) == 0
+    assert_close(grad_v, weights.transpose(-2, -1) @ (2 * out))
+    soft_q = torch.autograd.grad((torch.softmax(q @ k.transpose(-2, -1), -1) @ v).pow(2).sum(), q)
+    assert soft_q[0].abs().max() > 1e-3  # the same check sees a gradient at temperature 1
+
+
+def test_zero_temperature_attention_refuses_a_tie():
+    k = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="tie"):
+        av.zero_temperature_attention(torch.tensor([[1.0, 0.0]]), k, torch.eye(3))
+
+
+@pytest.mark.parametrize("key_variance", [1.0, 1e-6])
+def test_two_heads_with_wide_key_scores_follow_the_covariance(key_variance):
+    g = torch.Generator().manual_seed(0)
+    n, beta, alpha, stretch = 4000, 20.0, 1e-6, 0.5
+    r = av.two_heads_with_wide_key(16, 6, beta, alpha, stretch, key_variance, n, g)
+    assert all(t.shape == (n,) for t in r.values())
+    # k_a·q2 / β = μ_bᵀ(k_a) ~ N(0, key_variance); k_a·q1 / β ~ N(1, key_variance + stretch)
+    assert abs((r["head2_key_score"] / beta).std() / key_variance ** 0.5 - 1) < 0.06
+    head1 = r["head1_key_score"] / beta
+    assert abs(head1.mean() - 1) < 0.06
+    assert abs(head1.std() / (key_variance + stretch) ** 0.5 - 1) < 0.06
+    flipped = r["head2_key_score"] > r["head2_target_score"]  # head 2 ranks k_a above k_b
+    expected = 0.5 * math.erfc(1 / math.sqrt(2 * (key_variance + alpha)))  # 1 - Phi(1/sd)
+    se = math.sqrt(max(expected * (1 - expected), 1e-9) / n)
+    assert abs(flipped.double().mean().item() - expected) < 4 * se
+    assert torch.all(r["head2_on_a"][flipped] > 0.5)
+
+
+def test_two_heads_with_wide_key_rejects_variance_below_alpha():
+    with pytest.raises(ValueError):
+        av.two_heads_with_wide_key(8, 4, 20.0, 1e-3, 0.5, 1e-4, 10)

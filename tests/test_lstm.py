@@ -65,18 +65,39 @@ def test_bptt_equals_autograd_over_a_sequence():
     assert_close(hand["hs"][-1], hs[-1] - target[-1])  # last step: only the direct term
 
 
+def test_parameter_gradients_equal_autograd_for_every_parameter():
+    g = torch.Generator().manual_seed(5)
+    p = lstm.random_params(4, 6, g)
+    x, h, c = (torch.randn(3, n, generator=g, dtype=torch.float64) for n in (4, 6, 6))
+    e_delta = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    leaves = _params_with_grad(p)
+    h1, _, _ = lstm.cell_forward(x, h, c, leaves)
+    auto = torch.autograd.grad((h1 * e_delta).sum(), [leaves.W_x, leaves.W_h, leaves.b])
+    auto_named = lstm.named_gradients(dict(zip(("W_x", "W_h", "b"), auto, strict=True)))
+    _, _, cache = lstm.cell_forward(x, h, c, p)
+    closed = lstm.parameter_gradients(e_delta, cache)
+    assert set(closed) == set(auto_named) and len(closed) == 12
+    for name, grad in closed.items():
+        assert_close(grad, auto_named[name], atol=1e-12, rtol=1e-10)
+
+
 def test_a_wrong_backward_is_caught():
-    """The comparison can fail: dropping the tanh' factor gives a different gradient."""
+    """The comparison can fail: dropping only the tanh'(c_t) factor of ∂E/∂c_t changes the
+    input, forget and candidate gradients and leaves the output gate's alone."""
     g = torch.Generator().manual_seed(4)
     p = lstm.random_params(3, 4, g)
     x, h, c = (torch.randn(2, n, generator=g, dtype=torch.float64) for n in (3, 4, 4))
     _, _, cache = lstm.cell_forward(x, h, c, p)
-    good = lstm.cell_backward(torch.ones(2, 4, dtype=torch.float64),
-                              torch.zeros(2, 4, dtype=torch.float64), cache, p)
-    cache.tanh_c = torch.zeros_like(cache.tanh_c)  # corrupt: as if tanh(c) were 0
-    bad = lstm.cell_backward(torch.ones(2, 4, dtype=torch.float64),
-                             torch.zeros(2, 4, dtype=torch.float64), cache, p)
-    assert (good["W_x"] - bad["W_x"]).abs().max() > 1e-3
+    e_delta = torch.ones(2, 4, dtype=torch.float64)
+    good = lstm.named_gradients(lstm.cell_backward(e_delta, torch.zeros_like(e_delta), cache, p))
+    # δc = E_δ o (1 - tanh²c) + E_δ o tanh²c = E_δ o: the derivation without tanh'(c_t)
+    missing_tanh_prime = e_delta * cache.o * cache.tanh_c ** 2
+    bad = lstm.named_gradients(lstm.cell_backward(e_delta, missing_tanh_prime, cache, p))
+    for name in good:
+        if name.endswith("o"):
+            assert torch.equal(good[name], bad[name])
+        else:
+            assert (good[name] - bad[name]).abs().max() > 1e-3
 
 
 def test_named_gradients_split_per_gate():

@@ -8,7 +8,7 @@ def test_lstm_gradients(smoke_metrics):
     m = smoke_metrics("sharif-1402-hw3/T1_lstm_gradients.ipynb")
     assert m["max_abs_error"] < 1e-12 and m["forward_error"] < 1e-12
     assert m["gradcheck_passed"] is True
-    assert m["wrong_derivation_error"] > 1e-3
+    assert m["wrong_derivation_error"] > 1e-3 > 1e-14 > m["wrong_derivation_output_gate_change"]
 
 
 def test_attention_scaling(smoke_metrics):
@@ -25,6 +25,10 @@ def test_multihead_attention(smoke_metrics, assignment):
     assert m["single_head_extreme_fraction"] > 0.6
     if assignment == "sharif-1402-hw3":  # the full answer builds every construction
         assert m["max_abs_error"] < 1e-6
+        # (d)(ii) as printed: head 2 flips with P = 1 - Phi(1/sqrt(1 + alpha)), 400 draws
+        p = m["head2_flip_probability_as_printed"]
+        assert abs(m["head2_flip_fraction_as_printed"] - p) < 4 * (p * (1 - p) / 400) ** 0.5
+        assert 0.3 < m["two_heads_within_005_as_printed"] < m["two_heads_within_005"]
     else:  # the short rerun: draws with a flipped key a, P = Phi(-sqrt 2) at smoke's 400 draws
         se = (m["flipped_key_probability"] * (1 - m["flipped_key_probability"]) / 400) ** 0.5
         assert abs(m["flipped_key_fraction"] - m["flipped_key_probability"]) < 4 * se
@@ -54,12 +58,18 @@ def test_self_attention_as_fc(smoke_metrics):
     assert m["max_abs_error"] < 1e-9 and m["pe_shift_error"] < 1e-9
     assert m["dense_parameters"] == (4 * 3) ** 2  # smoke: N = 4, D = 3
     assert m["attention_parameters"] == 3 * 3 + 2 * 3 * 2
+    assert m["span_dimension"] == (3 * 3 - 3 + 1) * 2 * 2  # smoke span: N = 3, D = 2
+    assert m["span_dimension_one_layer"] == 3 * 3 - 3 + 1
+    assert m["projection_offdiagonal_max"] == 0 == m["projection_diagonal_spread"]
+    assert m["min_attention_weight"] > 0
 
 
 def test_kv_cache(smoke_metrics):
     m = smoke_metrics("sharif-1404-hw3/T4_kv_cache.ipynb")
     assert m["flops_formula_matches"] is True and m["cache_numel_matches"] is True
     assert m["flops_ratio_no_cache_over_cache"] == pytest.approx(1024, rel=0.01)
+    assert m["flops_ratio_recompute_kv_over_cache"] == pytest.approx(2_421_424_128 / 7_864_320)
+    assert m["mla_flops_over_mha_cache"] == pytest.approx(17_547_264 / 7_864_320)
     assert m["decode_speedup"] > 0
 
 
@@ -74,6 +84,7 @@ def test_attention_convolution(smoke_metrics):
     m = smoke_metrics("sharif-1404-hw3/T6_attention_convolution.ipynb")
     assert m["max_abs_error"] < 1e-8 < m["first_alpha_error"]
     assert m["dilation_stride_error"] < 1e-8
+    assert m["c_error"] < 1e-9 and m["same_size_padding"] == 3 // 2  # smoke: K = 3
 
 
 def test_answer_sheet_review(smoke_metrics):
@@ -82,3 +93,9 @@ def test_answer_sheet_review(smoke_metrics):
     assert m["claims_wrong"] >= 15 and m["claims_correct"] >= 5
     assert m["gradient_error"] < 1e-12
     assert m["total_parameters"] == 258_311_472  # make_model(20k, 30k, N=6, 1024, 4096, 16)
+    # the sheet's reading: 4 heads of 192, d_ff 1024, 12 layers; embeddings 50k x 1024, output
+    # layer 30,750,000, encoder layer 5,252,352, decoder layer 8,403,456, final norms 2 x 2048
+    assert m["total_parameters_sheet_reading"] == (
+        51_200_000 + 30_750_000 + 12 * (5_252_352 + 8_403_456) + 2 * 2048)
+    assert 10 <= m["claims_assumption_dependent"] < m["claims_checked"]
+    assert m["claims_wrong_sheet_reading"] < m["claims_wrong"]
