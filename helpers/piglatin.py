@@ -2,8 +2,9 @@
 
 The task-specific pieces: the handout's loader filter, a vocabulary, a word-level split,
 batches grouped by (source length, target length), a rule-based translator used as an
-independent check, character error rate, and one training run of the helpers'
-encoder-decoder through :func:`helpers.training.fit`.
+independent check, character error rate, the two models compared (the handout's Transformer,
+:mod:`helpers.handout_attention`, and the helpers' pre-norm encoder-decoder) and one training
+run with the handout's recipe through :func:`helpers.training.fit`.
 
 Token ids: ``PAD = 0`` (only used when words of different lengths share a batch at
 decoding time), ``SOS = 1``, ``EOS = 2``, then ``a``-``z`` and ``-``: 30 ids, i.e. the
@@ -16,21 +17,15 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from helpers.training import (
-    EarlyStopping,
-    History,
-    evaluate_loss,
-    fit,
-    to_device,
-    warmup_cosine_lambda,
-)
+from helpers.handout_attention import HandoutTransformer
+from helpers.training import EarlyStopping, History, evaluate_loss, fit, to_device
 from helpers.transformer import (
     EncoderDecoder,
     Seq2SeqBatch,
@@ -213,19 +208,49 @@ def score_translations(predictions: dict[str, str],
 
 # ------------------------------------------------------------------------ the model
 
+Translator = HandoutTransformer | EncoderDecoder
+ARCHITECTURES = ("handout", "modern")
+
+
+def build_translator(architecture: str, hidden: int, layers: int,
+                     causal: bool = True) -> Translator:
+    """An untrained translator over the 30 ids.
+
+    ``"handout"``: the CSC413 handout's Transformer (:class:`HandoutTransformer`: single-head
+    attention without an output map, residual sums without layer norm, a ReLU map of width
+    ``hidden``); with ``causal=False`` its decoder's self-attention is the plain
+    ``ScaledDotAttention``. ``"modern"``: the helpers' pre-norm encoder-decoder
+    (:func:`make_model`) with one head and its output map, ``nn.LayerNorm``, a feed-forward of
+    width ``hidden`` and no dropout; its decoder sees later characters only through the mask
+    (:func:`without_causal_mask`)."""
+    if architecture == "handout":
+        return HandoutTransformer(VOCAB_SIZE, hidden, layers, causal=causal)
+    if architecture == "modern":
+        return make_model(VOCAB_SIZE, VOCAB_SIZE, N=layers, d_model=hidden, d_ff=hidden, h=1,
+                          dropout=0.0, norm=nn.LayerNorm)
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+
+
 def max_target_length(word: str) -> int:
     """A safe decoding budget: SOS, the word, ``ay``/``way`` per hyphen part, EOS."""
     return len(word) + 3 * (word.count("-") + 1) + 2
 
 
+def decoding_order(words: Iterable[str]) -> list[str]:
+    """The distinct words sorted by (length, word): the order in which :func:`translate` batches
+    them. Sorting by length alone would leave ties in set order, which changes with Python's
+    per-process string hashing, and with it which words share a padded batch."""
+    return sorted(set(words), key=lambda w: (len(w), w))
+
+
 @torch.no_grad()
-def translate(model: EncoderDecoder, words: Sequence[str], batch_size: int = 1024,
+def translate(model: Translator, words: Sequence[str], batch_size: int = 1024,
               causal: bool = True, device: torch.device | str | None = None) -> dict[str, str]:
-    """Greedy translations ``{word: pig_latin}``; words are batched by length, and the
-    decoder uses the causal mask or (``causal=False``) a full one, as it was trained."""
+    """Greedy translations ``{word: pig_latin}``; words are batched in :func:`decoding_order`,
+    and the decoder uses the causal mask or (``causal=False``) a full one, as it was trained."""
     model.eval()
     device = device or next(model.parameters()).device
-    ordered = sorted(set(words), key=len)
+    ordered = decoding_order(words)
     out: dict[str, str] = {}
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start: start + batch_size]
@@ -237,7 +262,7 @@ def translate(model: EncoderDecoder, words: Sequence[str], batch_size: int = 102
 
 
 @torch.no_grad()
-def attention_maps(model: EncoderDecoder, word: str, translation: str,
+def attention_maps(model: Translator, word: str, translation: str,
                    causal: bool = True) -> list[Tensor]:
     """Per decoder layer, the head-averaged attention over the source ``(T+1, S+1)``
     while reading ``SOS + translation`` (rows: decoder inputs; columns: ``word + EOS``)."""
@@ -252,10 +277,30 @@ def attention_maps(model: EncoderDecoder, word: str, translation: str,
     return [layer.src_attn.last_weights[0].mean(0).cpu() for layer in model.decoder.layers]
 
 
-def translation_loss(model: EncoderDecoder, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
-    """``fit``'s loss: teacher-forced NLL per target token (nats, padding ignored) and the
-    number of target tokens."""
+# ------------------------------------------------------------------- the handout's recipe
+
+def translation_loss(model: Translator, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
+    """Teacher-forced NLL per target character (nats, EOS included, padding ignored) and the
+    number of characters: :func:`evaluate_loss` weighs batches by it (a per-character loss)."""
     return seq2seq_loss(model, batch, pad=PAD)
+
+
+def handout_loss(model: Translator, batch: Seq2SeqBatch) -> Tensor:
+    """The handout's loss: the batch's mean cross-entropy per target character, returned without
+    a count, so that :func:`fit` and :func:`evaluate_loss` give every batch the same weight, as
+    the handout's mean over batch losses does (a bucket's last batch of 3 words counts as much
+    as a full one of 512)."""
+    return seq2seq_loss(model, batch, pad=PAD)[0]
+
+
+def epoch_decay_lambda(steps_per_epoch: int, decay: float) -> Callable[[int], float]:
+    """The handout's schedule as a per-step ``LambdaLR`` factor: the learning rate is multiplied
+    by ``decay`` before every epoch, the first included, so epoch ``e = 1, 2, …`` runs at
+    ``lr · decay^e`` (steps count from 0)."""
+    def factor(step: int) -> float:
+        return decay ** (step // steps_per_epoch + 1)
+
+    return factor
 
 
 @dataclass
@@ -263,40 +308,40 @@ class TranslatorRun:
     """One trained translator and what its training measured."""
 
     name: str
-    model: EncoderDecoder
+    model: Translator
     history: History
     seconds: float  # wall-clock
     cpu_seconds: float  # CPU time of this process (with one thread: the uncontended time)
-    best_val_loss: float
+    best_val_loss: float  # the handout's averaging: the mean over validation batches
+    char_val_loss: float  # the same weights, loss per validation character
     best_epoch: int
     causal: bool
 
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (the best one plus ``patience`` when it stopped early)."""
+        return len(self.history.rows)
 
-def train_translator(name: str, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *,
-                     hidden: int, layers: int, heads: int, d_ff: int, dropout: float,
-                     lr: float, batch_size: int, epochs: int, patience: int,
-                     generator: torch.Generator, device: torch.device | str = "cpu",
-                     causal: bool = True, schedule: str = "constant",
-                     warmup_steps: int = 0) -> TranslatorRun:
-    """Build ``make_model`` at ``hidden`` size, train it with Adam and cross-entropy
-    through :func:`fit`, stop early on validation loss and keep the best weights. The
-    norm is ``nn.LayerNorm``, as in the CSC413 handout (and faster than the Annotated
-    Transformer's).
 
-    ``schedule="constant"`` keeps ``lr`` (the handout); ``"cosine"`` warms up linearly over
-    ``warmup_steps`` and decays to 0 by the last step of ``epochs``. ``causal=False`` trains
-    the decoder with a padding-only self-attention mask."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    model = make_model(VOCAB_SIZE, VOCAB_SIZE, N=layers, d_model=hidden, d_ff=d_ff, h=heads,
-                       dropout=dropout, norm=nn.LayerNorm).to(device)
+def train_translator(name: str, model: Translator, train_pairs: Sequence[Pair],
+                     val_pairs: Sequence[Pair], *, lr: float, lr_decay: float, batch_size: int,
+                     epochs: int, patience: int, generator: torch.Generator,
+                     device: torch.device | str = "cpu", causal: bool = True) -> TranslatorRun:
+    """Train ``model`` with the handout's recipe through :func:`fit` and keep its best weights.
+
+    Adam at ``lr``, multiplied by ``lr_decay`` before every epoch; cross-entropy averaged per
+    batch (:func:`handout_loss`); batches of at most ``batch_size`` words of equal lengths, for
+    validation too. Differences from the handout: the training batches are shuffled with
+    ``generator`` (the handout keeps the order of a Python set, which changes from process to
+    process), and training stops once the validation loss has not improved for ``patience``
+    epochs (the handout waits ``patience + 1``) or after ``epochs``. ``causal=False`` trains the
+    decoder with a padding-only self-attention mask."""
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = None
-    if schedule == "cosine":
-        total = epochs * len(bucket_batches(train_pairs, batch_size))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine_lambda(warmup_steps, total))
-    val_batches = bucket_batches(val_pairs, 4 * batch_size)
+    steps_per_epoch = len(bucket_batches(train_pairs, batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, epoch_decay_lambda(steps_per_epoch, lr_decay))
+    val_batches = bucket_batches(val_pairs, batch_size)
     if not causal:
         val_batches = [without_causal_mask(b) for b in val_batches]
 
@@ -306,10 +351,11 @@ def train_translator(name: str, train_pairs: Sequence[Pair], val_pairs: Sequence
 
     stopper = EarlyStopping("val_loss", "min", patience=patience, restore_best=True)
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = fit(model, batches, translation_loss, optimizer, epochs, scheduler=scheduler,
+    history = fit(model, batches, handout_loss, optimizer, epochs, scheduler=scheduler,
                   device=device, callbacks=[stopper], desc=name,
-                  evaluate=lambda m: {"val_loss": evaluate_loss(m, val_batches, translation_loss,
+                  evaluate=lambda m: {"val_loss": evaluate_loss(m, val_batches, handout_loss,
                                                                 device)})
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    char_val_loss = evaluate_loss(model, val_batches, translation_loss, device)
     return TranslatorRun(name, model.eval(), history, seconds, cpu_seconds, float(stopper.best),
-                         int(stopper.best_epoch), causal)
+                         char_val_loss, int(stopper.best_epoch), causal)
