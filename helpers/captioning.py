@@ -197,7 +197,7 @@ def pretrained_decoder(path: str) -> nn.Module:
     """A pretrained GPT-2 (e.g. distilgpt2) with freshly initialised cross-attention layers."""
     from transformers import GPT2LMHeadModel
 
-    return GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True, is_decoder=True)
+    return GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True)
 
 
 def build_captioner(encoder: nn.Module, decoder: nn.Module, vocab: CaptionVocab,

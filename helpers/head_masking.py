@@ -85,7 +85,9 @@ class HeadMaskedEncoderClassifier(nn.Module):
 
 
 def _attention_modules(backbone: nn.Module) -> list[nn.Module]:
-    return [layer.attention for layer in backbone.encoder.layer]
+    from helpers.vit import encoder_layers
+
+    return [layer.attention for layer in encoder_layers(backbone)]
 
 
 class HeadMaskedModel(nn.Module):

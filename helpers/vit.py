@@ -196,9 +196,16 @@ def backbone_of(model: nn.Module) -> nn.Module:
     else the model itself (it must have ``embeddings``, ``encoder.layer`` and ``layernorm``)."""
     for attr in ("vit", "dinov2", "backbone"):
         inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module) and hasattr(inner, "encoder"):
+        if isinstance(inner, nn.Module) and hasattr(inner, "embeddings"):
             return inner
     return model
+
+
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a backbone, in order: ``encoder.layer`` (``Dinov2Model``) or
+    ``layers`` (``ViTModel``, which transformers 5 keeps without an ``encoder``)."""
+    encoder = getattr(backbone, "encoder", None)
+    return encoder.layer if encoder is not None else backbone.layers
 
 
 def num_heads_of(backbone: nn.Module) -> tuple[int, int]:
@@ -289,7 +296,7 @@ def run_layers(backbone: nn.Module, hidden: Tensor, start: int, stop: int | None
                ) -> Tensor:
     """Apply encoder layers ``start .. stop-1`` to ``hidden (B, T, D)``; with ``stop=None`` also the
     final layer norm. ``run_layers(b, embeddings(x), 0)`` equals ``b(x).last_hidden_state``."""
-    layers = backbone.encoder.layer
+    layers = encoder_layers(backbone)
     for layer in layers[start:stop]:
         out = layer(hidden)
         hidden = out[0] if isinstance(out, tuple) else out
@@ -339,7 +346,7 @@ def freeze_except_last(model: ViTClassifier, n_trainable_layers: int) -> list[nn
     the head stays trainable. Returns the trainable parameters."""
     for p in model.backbone.parameters():
         p.requires_grad_(False)
-    layers = model.backbone.encoder.layer
+    layers = encoder_layers(model.backbone)
     tail = list(layers[len(layers) - n_trainable_layers:]) if n_trainable_layers else []
     for module in [*tail, model.backbone.layernorm] if n_trainable_layers else []:
         for p in module.parameters():
@@ -362,7 +369,7 @@ def layer_inputs(backbone: nn.Module, inputs: Tensor, start: int = 0, batch_size
     tensors ``(N, T, D)``; ``inputs`` are pixels when ``start == 0``, else the states entering
     layer ``start``."""
     backbone.eval()
-    layers = backbone.encoder.layer
+    layers = encoder_layers(backbone)
     states: list[list[Tensor]] = [[] for _ in range(len(layers) - start)]
     for i in range(0, len(inputs), batch_size):
         chunk = inputs[i:i + batch_size]
