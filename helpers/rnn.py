@@ -16,9 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from helpers.metrics import classification_metrics
+from helpers.training import EarlyStopping, History, fit
+
+if TYPE_CHECKING:
+    from helpers.vocab import EncodedReviews
 
 # name -> (psi(z), psi'(z) written from h = psi(z) and z)
 ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
@@ -389,6 +396,14 @@ class GradNormTracker:
     def new_step(self) -> None:
         self.squares.append(0.0)
 
+    def tracked(self, loss_fn: Callable[[nn.Module, Any], Any]) -> Callable[[nn.Module, Any], Any]:
+        """``loss_fn`` that first opens a new step (for :func:`helpers.training.fit`)."""
+        def loss_with_new_step(model: nn.Module, batch: Any) -> Any:
+            self.new_step()
+            return loss_fn(model, batch)
+
+        return loss_with_new_step
+
     @property
     def norms(self) -> list[float]:
         return [s ** 0.5 for s in self.squares]
@@ -412,3 +427,51 @@ def predict_labels(model: nn.Module, batches) -> tuple[Tensor, Tensor, float]:
         trues.append(labels)
         preds.append(logits.argmax(-1).cpu())
     return torch.cat(trues), torch.cat(preds), total / max(count, 1)
+
+
+def classification_loss(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor],
+                        ) -> tuple[Tensor, int]:
+    """Mean cross-entropy of ``model(ids (B, L), lengths (B,))`` against ``labels (B,)``, and
+    ``B`` (the loss function of :func:`helpers.training.fit`)."""
+    ids, lengths, labels = batch
+    return nn.functional.cross_entropy(model(ids, lengths), labels), len(labels)
+
+
+def score_classifier(model: nn.Module, data: EncodedReviews,
+                     batch_size: int = 256) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 (class 1 positive) and mean cross-entropy ``loss`` of
+    ``model`` on ``data``, with ``correct (N,)``: 1.0 where the prediction is right, in the
+    order of ``data`` (for paired comparisons of two models on the same texts)."""
+    y_true, y_pred, loss = predict_labels(model, data.batches(batch_size, shuffle=False))
+    return classification_metrics(y_true, y_pred) | {"loss": loss,
+                                                     "correct": (y_true == y_pred).float()}
+
+
+def fit_classifier(model: nn.Module, train: EncodedReviews, val: EncodedReviews | None,
+                   optimizer: torch.optim.Optimizer, max_epochs: int, batch_size: int,
+                   generator: torch.Generator, *, patience: int | None = 1,
+                   monitor: str = "val_loss", clip_grad_norm: float | None = None,
+                   loss_fn: Callable[[nn.Module, Any], Any] = classification_loss,
+                   device: torch.device | str | None = None, desc: str = "train") -> History:
+    """Train a sequence classifier with :func:`helpers.training.fit` on length-bucketed,
+    shuffled batches of ``train`` (order from ``generator``).
+
+    With ``val``, each epoch's row gets ``val_loss`` and ``val_accuracy``. With ``patience``
+    (needs ``val``), training stops once ``monitor`` (``val_loss``, lower is better, or
+    ``val_accuracy``, higher is better) has not improved for ``patience`` epochs, and the
+    weights of the best epoch are restored; ``patience=None`` trains all ``max_epochs``.
+    """
+    if patience is not None and val is None:
+        raise ValueError("early stopping (patience) needs a validation set")
+    if monitor not in ("val_loss", "val_accuracy"):
+        raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {monitor!r}")
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        scores = score_classifier(model, val)
+        return {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+
+    mode = "min" if monitor == "val_loss" else "max"
+    callbacks = [] if patience is None else [EarlyStopping(monitor, mode, patience)]
+    return fit(model, lambda epoch: train.batches(batch_size, generator), loss_fn, optimizer,
+               max_epochs, evaluate=None if val is None else evaluate,
+               clip_grad_norm=clip_grad_norm, device=device, callbacks=callbacks, desc=desc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -97,3 +98,30 @@ def batches(ids: Tensor, lengths: Tensor, labels: Tensor, batch_size: int,
         index_t = torch.as_tensor(index)
         width = int(lengths[index_t].max())
         yield ids[index_t, :width], lengths[index_t], labels[index_t]
+
+
+@dataclass
+class EncodedReviews:
+    """Encoded labelled texts: ``ids (N, max_len)`` right-padded with 0, ``lengths (N,)``,
+    ``labels (N,)``."""
+
+    ids: Tensor
+    lengths: Tensor
+    labels: Tensor
+
+    @classmethod
+    def encode(cls, tokenized: Sequence[Sequence[str]], labels: Sequence[int], vocab: Vocabulary,
+               max_len: int, keep: str = "tail") -> EncodedReviews:
+        """:func:`encode_texts` of ``tokenized`` with their ``labels``."""
+        if len(tokenized) != len(labels):
+            raise ValueError(f"{len(tokenized)} texts for {len(labels)} labels")
+        ids, lengths = encode_texts(tokenized, vocab, max_len, keep)
+        return cls(ids, lengths, torch.as_tensor(labels, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                shuffle: bool = True) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """:func:`batches` of these texts."""
+        return batches(self.ids, self.lengths, self.labels, batch_size, generator, shuffle)

@@ -5,6 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from helpers import rnn
+from helpers.vocab import EncodedReviews
 
 T, B, D, H, O = 5, 3, 3, 4, 2
 
@@ -180,3 +181,71 @@ def test_grad_norm_tracker_reads_before_clipping():
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
     assert tracker.norms[0] == pytest.approx(float(expected))
     tracker.remove()
+
+
+def _reviews(labels, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 20, (len(labels), 6), generator=g)
+    return EncodedReviews(ids, torch.randint(2, 7, (len(labels),), generator=g),
+                          torch.as_tensor(labels))
+
+
+def test_score_classifier_counts_correct_reviews():
+    torch.manual_seed(0)
+    model = rnn.RecurrentClassifier(20, 4, 6, "gru")
+    data = _reviews([0, 1] * 10)
+    scores = rnn.score_classifier(model, data, batch_size=7)
+    logits = model(data.ids, data.lengths)
+    assert_close(scores["correct"], (logits.argmax(-1) == data.labels).float())
+    assert scores["accuracy"] == pytest.approx(float(scores["correct"].mean()))
+    ref = torch.nn.functional.cross_entropy(logits, data.labels)
+    assert scores["loss"] == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_fit_classifier_stops_early_and_restores_the_best_epoch():
+    # the validation reviews are the training reviews with flipped labels: every epoch of
+    # training raises the validation loss, so epoch 1 is best and patience 1 stops at epoch 2
+    train = _reviews([0, 1, 1, 0] * 8)
+    val = EncodedReviews(train.ids, train.lengths, 1 - train.labels)
+    torch.manual_seed(0)
+    model = rnn.RecurrentClassifier(20, 4, 6, "gru")
+    optimizer = torch.optim.Adam(model.parameters(), 0.05)
+    history = rnn.fit_classifier(model, train, val, optimizer, 5, 8,
+                                 torch.Generator().manual_seed(0), patience=1)
+    val_losses = history.column("val_loss")
+    assert len(val_losses) == 2 and val_losses[1] > val_losses[0]
+    assert rnn.score_classifier(model, val)["loss"] == pytest.approx(val_losses[0], rel=1e-5)
+    assert set(history.rows[0]) >= {"train_loss", "val_loss", "val_accuracy"}
+
+
+def test_fit_classifier_can_stop_on_validation_accuracy():
+    # patience 1 stops at the first epoch without a higher accuracy, so the restored model
+    # has the highest validation accuracy of the run
+    train, val = _reviews([0, 1, 1, 0] * 8), _reviews([1, 0, 0, 1] * 4, seed=1)
+    torch.manual_seed(0)
+    model = rnn.RecurrentClassifier(20, 4, 6, "gru")
+    history = rnn.fit_classifier(model, train, val, torch.optim.Adam(model.parameters(), 0.05),
+                                 6, 8, torch.Generator().manual_seed(0), patience=1,
+                                 monitor="val_accuracy")
+    accuracies = history.column("val_accuracy")
+    assert rnn.score_classifier(model, val)["accuracy"] == pytest.approx(max(accuracies))
+    assert accuracies.index(max(accuracies)) in (len(accuracies) - 2, len(accuracies) - 1)
+    with pytest.raises(ValueError, match="monitor"):
+        rnn.fit_classifier(model, train, val, torch.optim.Adam(model.parameters()), 1, 8,
+                           torch.Generator().manual_seed(0), monitor="f1")
+
+
+def test_fit_classifier_without_patience_trains_every_epoch_and_tracks_steps():
+    train = _reviews([0, 1] * 8)
+    model = rnn.RecurrentClassifier(20, 4, 6, "rnn")
+    tracker = rnn.GradNormTracker(model)
+    history = rnn.fit_classifier(model, train, None, torch.optim.SGD(model.parameters(), 0.1),
+                                 3, 4, torch.Generator().manual_seed(0), patience=None,
+                                 loss_fn=tracker.tracked(rnn.classification_loss))
+    tracker.remove()
+    assert len(history.rows) == 3
+    assert len(tracker.norms) == len(history.step_losses) == 3 * 4
+    assert all(n > 0 for n in tracker.norms)
+    with pytest.raises(ValueError, match="validation"):
+        rnn.fit_classifier(model, train, None, torch.optim.SGD(model.parameters(), 0.1), 1, 4,
+                           torch.Generator().manual_seed(0))

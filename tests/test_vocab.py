@@ -49,3 +49,16 @@ def test_batches_cover_everything_and_trim_padding():
         assert sorted(seen) == list(range(n))
     in_order = [b[2].tolist() for b in vocab.batches(ids, lengths, labels, 5, shuffle=False)]
     assert in_order[0] == [0, 1, 2, 3, 4]
+
+
+def test_encoded_reviews_encode_and_batch():
+    v = vocab.Vocabulary(["a", "b", "c"])
+    data = vocab.EncodedReviews.encode([["a", "b", "c"], ["c"], ["b", "a"]], [1, 0, 1], v, 2)
+    assert len(data) == 3
+    assert data.ids.tolist() == [[3, 4], [4, 0], [3, 2]]
+    assert data.lengths.tolist() == [2, 1, 2]
+    assert data.labels.dtype == torch.long
+    (ids, lengths, labels), = list(data.batches(3, shuffle=False))
+    assert ids.tolist() == data.ids.tolist() and labels.tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="labels"):
+        vocab.EncodedReviews.encode([["a"]], [0, 1], v, 2)
