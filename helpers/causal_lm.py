@@ -9,8 +9,10 @@
   ``seq_len`` tokens; batches come from :func:`helpers.text.pad_collate`, which pads on the
   right and sets padded labels to -100;
 - loss and evaluation: :func:`causal_lm_loss` (``helpers.training.fit``'s signature; also the
-  loss of the scratch :class:`helpers.gpt.GPT2`, which shares the interface) and
-  :func:`evaluate_causal_lm` (token-weighted loss and perplexity);
+  loss of the scratch :class:`helpers.gpt.GPT2`, which shares the interface),
+  :func:`evaluate_causal_lm` (token-weighted loss and perplexity) and
+  :func:`validation_metrics` (the same loss with its standard error over sequences, from
+  :func:`sequence_losses`; :func:`paired_loss_difference` compares two models on them);
 - fine-tuning: :func:`finetune` trains one method with ``fit`` and measures its cost with
   :class:`helpers.nb.runtime.measure_cost`;
 - LoRA plumbing: :func:`peft_lora`, :func:`lora_module_names`, :func:`copy_lora_weights`,
@@ -42,15 +44,20 @@ TINY_RANDOM = "tiny-random-llama"  # the smoke profile's model: random weights, 
 @contextlib.contextmanager
 def quiet_transformers():
     """Silence transformers' progress bars and warnings while loading or saving a model (GGUF
-    dequantisation and ``from_pretrained`` print bars)."""
+    dequantisation and ``from_pretrained`` print bars; the GGUF loader's bar is a plain
+    ``tqdm`` that transformers' switch does not reach, so it is disabled here too)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    gguf_bar = gguf_utils.tqdm
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    gguf_utils.tqdm = partial(gguf_bar, disable=True)
     try:
         yield
     finally:
+        gguf_utils.tqdm = gguf_bar
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
@@ -84,8 +91,9 @@ def build_tiny_random_lm(folder: Path | str, texts: Sequence[str], vocab_size: i
         torch.manual_seed(seed)
         model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), **config))
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -235,6 +243,63 @@ def evaluate_causal_lm(model: nn.Module, batches: Iterable[dict[str, Tensor]],
     return {"val_loss": loss, "val_perplexity": math.exp(loss)}
 
 
+@torch.no_grad()
+def sequence_losses(model: nn.Module, batches: Iterable[dict[str, Tensor]],
+                    device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Per sequence, the summed next-token loss (nats) and the number of scored tokens, both
+    ``(n_sequences,)`` in batch order: the units of a standard error of the validation loss
+    (:func:`helpers.metrics.ratio_mean_se`) and of paired comparisons between models
+    evaluated on the same sequences. Their pooled ratio is :func:`evaluate_causal_lm`'s
+    loss."""
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    sums, counts = [], []
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            losses = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                     reduction="none")  # (B, T - 1), 0 on ignored labels
+            sums.append(losses.sum(1).cpu())
+            counts.append((labels != -100).sum(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(sums).double(), torch.cat(counts).double()
+
+
+def validation_metrics(model: nn.Module, batches: Iterable[dict[str, Tensor]],
+                       device: torch.device | str | None = None) -> dict[str, Any]:
+    """Validation loss (nats/token, pooled over tokens), its standard error over sequences,
+    the perplexity, and the per-sequence ``sequence_loss``/``sequence_tokens`` lists
+    (:func:`sequence_losses`) for paired comparisons."""
+    from helpers.metrics import ratio_mean_se
+
+    sums, counts = sequence_losses(model, batches, device)
+    loss, se = ratio_mean_se(sums, counts)
+    return {"val_loss": loss, "val_loss_se": se, "val_perplexity": math.exp(loss),
+            "sequence_loss": sums.tolist(), "sequence_tokens": counts.tolist()}
+
+
+def paired_loss_difference(a: MethodResult | dict, b: MethodResult | dict) -> tuple[float, float]:
+    """Validation loss of ``a`` minus that of ``b`` (nats/token) on the same sequences, and its
+    standard error over sequences (the per-sequence differences of summed losses, pooled by
+    :func:`helpers.metrics.ratio_mean_se`)."""
+    from helpers.metrics import ratio_mean_se
+
+    def parts(x):
+        return (x.sequence_loss, x.sequence_tokens) if isinstance(x, MethodResult) else (
+            x["sequence_loss"], x["sequence_tokens"])
+
+    (loss_a, tokens_a), (loss_b, tokens_b) = parts(a), parts(b)
+    if list(tokens_a) != list(tokens_b):
+        raise ValueError("paired_loss_difference needs both evaluated on the same sequences")
+    return ratio_mean_se([x - y for x, y in zip(loss_a, loss_b, strict=True)], tokens_a)
+
+
 # ---------------------------------------------------------------------- fine-tuning
 
 @dataclass
@@ -253,16 +318,20 @@ class MethodResult:
     cpu_s_per_step: float = float("nan")
     peak_mb: float = float("nan")
     step_losses: list[float] = field(default_factory=list)
+    val_loss_se: float = float("nan")
+    sequence_loss: list[float] = field(default_factory=list, repr=False)
+    sequence_tokens: list[float] = field(default_factory=list, repr=False)
 
     @property
     def trainable_pct(self) -> float:
         return 100.0 * self.trainable / self.total
 
     def row(self) -> dict[str, Any]:
-        """The table row (no per-step losses)."""
+        """The table row (no per-step or per-sequence losses)."""
         return {"method": self.method, "rank": self.rank, "lr": self.lr,
                 "trainable": self.trainable, "trainable_%": self.trainable_pct,
-                "val_loss": self.val_loss, "val_perplexity": self.val_perplexity,
+                "val_loss": self.val_loss, "val_loss_se": self.val_loss_se,
+                "val_perplexity": self.val_perplexity,
                 "steps": self.steps, "s/step": self.s_per_step,
                 "cpu_s/step": self.cpu_s_per_step, "peak_MB": self.peak_mb}
 
@@ -274,7 +343,8 @@ def finetune(model: nn.Module, method: str, train_loader, eval_loader, *, lr: fl
              ) -> MethodResult:
     """Train the trainable parameters of ``model`` with AdamW (linear warm-up, cosine decay)
     through :func:`helpers.training.fit`, measuring the training alone
-    (:class:`helpers.nb.runtime.measure_cost`), then evaluate. ``reference_total`` (the base
+    (:class:`helpers.nb.runtime.measure_cost`), then evaluate (:func:`validation_metrics`:
+    the loss, its standard error and the per-sequence losses). ``reference_total`` (the base
     model's size) is the denominator of the trainable percentage (prefix tuning adds
     parameters)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -288,12 +358,13 @@ def finetune(model: nn.Module, method: str, train_loader, eval_loader, *, lr: fl
     with measure_cost(device) as cost:
         history = fit(model, train_loader, causal_lm_loss, optimizer, epochs, scheduler=schedule,
                       clip_grad_norm=clip_grad_norm, device=device, desc=method)
-    metrics = evaluate_causal_lm(model, eval_loader, device)
+    metrics = validation_metrics(model, eval_loader, device)
     trainable = count_parameters(model, trainable_only=True)
     return MethodResult(method, rank, lr, trainable, reference_total or count_parameters(model),
                         metrics["val_loss"], metrics["val_perplexity"], steps,
                         cost.seconds / steps, cost.cpu_seconds / steps, cost.peak_mb,
-                        list(history.step_losses))
+                        list(history.step_losses), metrics["val_loss_se"],
+                        metrics["sequence_loss"], metrics["sequence_tokens"])
 
 
 # ------------------------------------------------------------------------------ LoRA

@@ -73,6 +73,34 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     return float(diff.mean()), se
 
 
+def ratio_mean_se(sums: Sequence[float], counts: Sequence[float]) -> tuple[float, float]:
+    """A pooled mean ``Σ sums / Σ counts`` over items (e.g. nats/token: per-sequence summed
+    losses over per-sequence token counts) and its standard error with the items as the
+    independent units (the ratio estimator's linearised SE:
+    ``sqrt(n / (n − 1) · Σ (sums_i − mean · counts_i)²) / Σ counts``; 0 for one item)."""
+    s, c = _as_array(sums).astype(float), _as_array(counts).astype(float)
+    if s.shape != c.shape or s.ndim != 1 or len(s) == 0 or c.sum() <= 0:
+        raise ValueError(f"ratio_mean_se needs two equally long, non-empty 1-D sequences with "
+                         f"a positive total count, got shapes {s.shape} and {c.shape}")
+    mean = float(s.sum() / c.sum())
+    if len(s) == 1:
+        return mean, 0.0
+    n = len(s)
+    return mean, float(np.sqrt(n / (n - 1) * np.sum((s - mean * c) ** 2)) / c.sum())
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): the probability that at least one of ``k``
+    samples drawn without replacement from ``n`` samples, ``correct`` of them right, is right:
+    1 − C(n − correct, k) / C(n, k)."""
+    if not 0 <= correct <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= correct <= n and 1 <= k <= n, got n={n}, "
+                         f"correct={correct}, k={k}")
+    if n - correct < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - correct + 1, n + 1)))
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams over ``texts``."""
     grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts)

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from helpers.answer_grading import answers_equivalent, extract_answer, find_answer, last_boxed
-from helpers.llm_generation import Completion, chat_prompt, generate, newline_token_ids
+from helpers.llm_generation import (
+    Completion,
+    DecodeState,
+    chat_prompt,
+    continue_generation,
+    generate,
+    newline_token_ids,
+)
 
 # ---------------------------------------------------------------------------- problems
 
@@ -98,23 +105,43 @@ def _jsonl(path) -> list[dict]:
     return rows
 
 
-def load_gsm8k(path, n: int) -> list[Problem]:
-    """The first ``n`` problems of a GSM8K ``.jsonl`` file (answer after ``####``)."""
+def load_gsm8k(path, n: int | None = None) -> list[Problem]:
+    """The first ``n`` problems (all when ``None``) of a GSM8K ``.jsonl`` file (answer after
+    ``####``), with ids ``gsm8k-<file stem>-<line index>``."""
+    from pathlib import Path
+
     problems = []
     for i, row in enumerate(_jsonl(path)[:n]):
         if "####" not in row.get("answer", ""):
             raise ValueError(f"{path}: row {i} has no '#### answer'")
         answer = row["answer"].split("####")[-1].strip().replace(",", "")
-        problems.append(Problem(f"gsm8k-{i}", row["question"], answer, "GSM8K", "gsm8k"))
+        problems.append(Problem(f"gsm8k-{Path(path).stem}-{i}", row["question"], answer,
+                                "GSM8K", "gsm8k"))
     return problems
 
 
-def load_math500(path, n: int, max_level: int = 5) -> list[Problem]:
-    """The first ``n`` MATH-500 problems of difficulty level ``<= max_level`` (file order)."""
-    rows = [r for r in _jsonl(path) if int(r["level"]) <= max_level][:n]
+def load_math500(path, n: int | None = None, max_level: int = 5,
+                 min_level: int = 1) -> list[Problem]:
+    """The first ``n`` (all when ``None``) MATH-500 problems of difficulty level in
+    ``[min_level, max_level]`` (file order); ``level`` names the problem's own level."""
+    rows = [r for r in _jsonl(path) if min_level <= int(r["level"]) <= max_level][:n]
     return [Problem(f"math500-{r['unique_id']}", r["problem"], r["answer"],
-                    f"MATH level {r['level']}" if max_level < 5 else "MATH-500", "math500")
-            for r in rows]
+                    f"MATH level {r['level']}", "math500") for r in rows]
+
+
+def seeded_sample(problems: Sequence[Problem], n: int, seed: int,
+                  exclude: Sequence[Problem] = ()) -> list[Problem]:
+    """``n`` problems drawn without replacement by a generator seeded with ``seed`` (in file
+    order), none of whose ids is in ``exclude``: a fixed subset chosen without looking at any
+    answer."""
+    import random
+
+    banned = {p.id for p in exclude}
+    pool = [p for p in problems if p.id not in banned]
+    if n > len(pool):
+        raise ValueError(f"asked for {n} problems, only {len(pool)} are available")
+    chosen = set(random.Random(seed).sample(range(len(pool)), n))
+    return [p for i, p in enumerate(pool) if i in chosen]
 
 
 # ---------------------------------------------------------------------------- methods
@@ -125,7 +152,7 @@ class Solver:
 
     ``system`` and ``examples`` (worked question/answer turns) form the chain-of-thought
     prompt; sampled calls use ``temperature`` and ``top_p``; every completion is capped at
-    ``max_new_tokens``.
+    ``max_new_tokens``; with ``stop_at_answer`` a completion ends at its closed ``\\boxed{}``.
     """
 
     model: nn.Module
@@ -137,17 +164,33 @@ class Solver:
     top_p: float | None = 0.95
     batch_size: int = 16
     generator: torch.Generator | None = None
+    stop_at_answer: bool = True
 
     def prompt(self, question: str, prefix: str = "") -> str:
         return chat_prompt(self.tokenizer, question, self.system, self.examples, prefix)
 
     def complete(self, prompts: Sequence[str], *, sample: bool = False, num_samples: int = 1,
                  max_new_tokens: int | None = None, **kwargs) -> list[list[Completion]]:
+        """Completions of formatted prompts (:func:`helpers.llm_generation.generate`), greedy
+        unless ``sample``; ``[prompt][sample]``."""
         return generate(self.model, self.tokenizer, prompts,
-                        max_new_tokens=max_new_tokens or self.max_new_tokens,
-                        num_samples=num_samples,
-                        temperature=self.temperature if sample else 0.0, top_p=self.top_p,
-                        batch_size=self.batch_size, generator=self.generator, **kwargs)
+                        **self._decoding(sample, num_samples, max_new_tokens, kwargs))
+
+    def resume(self, states: Sequence[DecodeState], *, sample: bool = False,
+               num_samples: int = 1, max_new_tokens: int | None = None,
+               **kwargs) -> list[list[Completion]]:
+        """Continuations of kept completions
+        (:func:`helpers.llm_generation.continue_generation`); ``[state][sample]``."""
+        return continue_generation(self.model, self.tokenizer, states,
+                                   **self._decoding(sample, num_samples, max_new_tokens, kwargs))
+
+    def _decoding(self, sample: bool, num_samples: int, max_new_tokens: int | None,
+                  extra: dict) -> dict:
+        return {"max_new_tokens": max_new_tokens or self.max_new_tokens,
+                "num_samples": num_samples,
+                "temperature": self.temperature if sample else 0.0, "top_p": self.top_p,
+                "batch_size": self.batch_size, "generator": self.generator,
+                "stop_at_answer": self.stop_at_answer, **extra}
 
 
 @dataclass
@@ -238,10 +281,11 @@ def majority_vote(problems: Sequence[Problem], samples: Sequence[Sequence[Comple
 
 @dataclass
 class _Beam:
-    text: str
+    token_ids: tuple[int, ...]
     logprob: float
     done: bool
     finish: str = "length"
+    state: DecodeState | None = None  # to continue an unfinished beam
 
 
 def stepwise_beam_search(solver: Solver, problems: Sequence[Problem], beam_width: int = 3,
@@ -253,39 +297,48 @@ def stepwise_beam_search(solver: Solver, problems: Sequence[Problem], beam_width
     of every unfinished beam; finished beams (an end of text or a ``\\boxed{}``) stay in the
     pool, and the ``beam_width`` candidates of highest cumulative log-probability survive.
     After ``max_steps`` the best beam is returned; if it is unfinished it is completed
-    greedily (up to ``max_new_tokens``) so that every problem gets an answer attempt.
+    greedily (up to ``max_new_tokens``) so that every problem gets an answer attempt. Beams
+    keep their key/value caches (:func:`helpers.llm_generation.continue_generation`): a step
+    reads only its own new tokens, never the prompt or the beam's earlier lines again.
     """
     newline_ids = newline_token_ids(solver.tokenizer)
-    beams = [[_Beam("", 0.0, False)] for _ in problems]
+    step_options = {"sample": True, "max_new_tokens": step_tokens, "stop_at_newline": True,
+                    "newline_ids": newline_ids, "keep_states": True}
+    beams = [[_Beam((), 0.0, False)] for _ in problems]
     tokens, calls = [0] * len(problems), [0] * len(problems)
     for step in range(max_steps):
         jobs = [(i, beam) for i, pool in enumerate(beams) for beam in pool if not beam.done]
         if not jobs:
             break
-        children = beam_width * top_k if step == 0 else top_k
-        outs = solver.complete([solver.prompt(problems[i].question, beam.text)
-                                for i, beam in jobs], sample=True, num_samples=children,
-                               max_new_tokens=step_tokens, stop_at_newline=True,
-                               newline_ids=newline_ids, desc=f"beam step {step + 1}")
+        desc = f"beam step {step + 1}"
+        if step == 0:
+            outs = solver.complete([solver.prompt(problems[i].question) for i, _ in jobs],
+                                   num_samples=beam_width * top_k, desc=desc, **step_options)
+        else:
+            outs = solver.resume([beam.state for _, beam in jobs], num_samples=top_k,
+                                 desc=desc, **step_options)
         pools = [[beam for beam in pool if beam.done] for pool in beams]
         for (i, beam), completions in zip(jobs, outs, strict=True):
             for c in completions:
                 tokens[i] += c.n_tokens
                 calls[i] += 1
-                done = c.finish == "eos" or last_boxed(c.text) is not None
-                pools[i].append(_Beam(beam.text + c.text, beam.logprob + c.logprob, done,
-                                      c.finish))
+                done = c.finish in ("eos", "answer") or last_boxed(c.text) is not None
+                pools[i].append(_Beam(beam.token_ids + c.token_ids, beam.logprob + c.logprob,
+                                      done, c.finish, None if done else c.state))
         beams = [sorted(pool, key=lambda b: -b.logprob)[:beam_width] for pool in pools]
     best = [pool[0] for pool in beams]
     unfinished = [i for i, beam in enumerate(best) if not beam.done]
     if unfinished:
-        outs = solver.complete([solver.prompt(problems[i].question, best[i].text)
-                                for i in unfinished], desc="finish unfinished beams")
+        outs = solver.resume([best[i].state for i in unfinished],
+                             desc="finish unfinished beams")
         for i, (c,) in zip(unfinished, outs, strict=True):
-            best[i] = _Beam(best[i].text + c.text, best[i].logprob + c.logprob, True, c.finish)
+            best[i] = _Beam(best[i].token_ids + c.token_ids, best[i].logprob + c.logprob, True,
+                            c.finish)
             tokens[i] += c.n_tokens
             calls[i] += 1
-    return [Attempt(p, "beam search", b.text, b.finish, tokens[i], calls[i])
+    return [Attempt(p, "beam search", solver.tokenizer.decode(b.token_ids,
+                                                              skip_special_tokens=True),
+                    b.finish, tokens[i], calls[i])
             for i, (p, b) in enumerate(zip(problems, best, strict=True))]
 
 
@@ -358,12 +411,14 @@ def _review(solver: Solver, problems: Sequence[Problem], texts: list[str], open_
 
 
 def attempts_frame(attempts: Sequence[Attempt]):
-    """One row per attempt: method, problem id, level, gold and predicted answers, whether
-    correct, outcome, answer source, generated tokens and calls (a ``pandas.DataFrame``)."""
+    """One row per attempt: method, problem id, level, source, gold and predicted answers,
+    whether correct, outcome, answer source, generated tokens and calls (a
+    ``pandas.DataFrame``)."""
     import pandas as pd
 
     return pd.DataFrame([{
         "method": a.method, "problem": a.problem.id, "level": a.problem.level,
+        "source": a.problem.source,
         "gold": a.problem.answer, "predicted": a.answer, "correct": a.correct,
         "outcome": a.outcome, "answer_source": a.answer_source, "tokens": a.n_tokens,
         "calls": a.n_calls} for a in attempts])

@@ -97,6 +97,29 @@ def test_padded_labels_are_minus_100_and_do_not_change_the_loss():
     assert_close(metrics["val_perplexity"], torch.tensor(total / n).exp().item(), rtol=1e-5, atol=0)
 
 
+def test_sequence_losses_score_each_sequence_alone_and_pool_to_the_validation_loss():
+    model = _tiny_llama()
+    seqs = [torch.randint(3, 97, (n,)) for n in (9, 5, 12, 7)]
+    loader = causal_lm.lm_loader(seqs, pad_id=0, batch_size=3)
+    sums, counts = causal_lm.sequence_losses(model, loader)
+    with torch.no_grad():
+        alone = [torch.nn.functional.cross_entropy(model(input_ids=s[None]).logits[0, :-1],
+                                                   s[1:], reduction="sum").item() for s in seqs]
+    assert_close(sums, torch.tensor(alone, dtype=torch.float64), atol=1e-4, rtol=1e-5)
+    assert counts.tolist() == [8, 4, 11, 6]
+    metrics = causal_lm.validation_metrics(model, loader)
+    assert_close(metrics["val_loss"], causal_lm.evaluate_causal_lm(model, loader)["val_loss"],
+                 atol=1e-5, rtol=1e-5)
+    assert metrics["val_loss_se"] > 0 and len(metrics["sequence_loss"]) == 4
+    assert causal_lm.paired_loss_difference(metrics, metrics) == (0.0, 0.0)
+    shifted = dict(metrics, sequence_loss=[
+        x + 2.0 * n for x, n in zip(metrics["sequence_loss"], counts.tolist(), strict=True)])
+    diff, se = causal_lm.paired_loss_difference(shifted, metrics)
+    assert diff == pytest.approx(2.0) and se == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="same sequences"):
+        causal_lm.paired_loss_difference(metrics, dict(metrics, sequence_tokens=[1, 2, 3, 4]))
+
+
 def test_padding_on_the_right_leaves_real_tokens_unchanged():
     model = _tiny_llama()
     s = torch.randint(3, 97, (6,))
@@ -234,6 +257,7 @@ def test_finetune_lowers_the_loss_and_counts_parameters():
     assert res.trainable == count_parameters(lora, trainable_only=True)
     assert res.total == count_parameters(model) + res.trainable
     assert res.s_per_step > 0 and 0 < res.trainable_pct < 100
+    assert res.val_loss_se > 0 and len(res.sequence_loss) == len(res.sequence_tokens) == 8
     prefix = causal_lm.peft_prefix_tuning(copy.deepcopy(model), num_virtual_tokens=3)
     total = count_parameters(model)
     res = causal_lm.finetune(prefix, "prefix", train, train, lr=3e-2, epochs=5,

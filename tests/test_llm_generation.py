@@ -100,3 +100,61 @@ def test_generate_rejects_bad_sizes(tiny_llm):
     model, tokenizer = tiny_llm
     with pytest.raises(ValueError, match="positive"):
         G.generate(model, tokenizer, PROMPTS, max_new_tokens=0)
+
+
+def test_continuing_from_kept_states_equals_generating_in_one_go(tiny_llm):
+    model, tokenizer = tiny_llm
+    whole = G.generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=3)
+    first = G.generate(model, tokenizer, PROMPTS, max_new_tokens=5, batch_size=2,
+                       keep_states=True)
+    rest = G.continue_generation(model, tokenizer, [c.state for (c,) in first],
+                                 max_new_tokens=7, batch_size=3, keep_states=True)
+    compared = 0
+    for (one,), (head,), (tail,) in zip(whole, first, rest, strict=True):
+        if head.finish == "eos":
+            continue
+        compared += 1
+        assert head.token_ids + tail.token_ids == one.token_ids[:len(head.token_ids)
+                                                                + len(tail.token_ids)]
+        assert head.logprob + tail.logprob == pytest.approx(one.logprob, abs=1e-4)
+    assert compared >= 2
+    # samples of a continuation start from the same state and differ only by their draws
+    (forks,) = G.continue_generation(model, tokenizer, [first[0][0].state], max_new_tokens=6,
+                                     num_samples=4, temperature=1.5,
+                                     generator=torch.Generator().manual_seed(0))
+    assert len(forks) == 4 and len({c.token_ids for c in forks}) > 1
+
+
+def test_stop_at_answer_ends_at_the_closing_brace_of_the_box(tiny_llm):
+    model, tokenizer = tiny_llm
+    box = tokenizer("so \\boxed{12} and more", add_special_tokens=False)["input_ids"]
+
+    class Scripted(torch.nn.Module):
+        """The tiny model, its logits replaced: decoding step k writes ``box[k]``."""
+
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config, self.steps = model, model.config, 0
+
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
+            if "attention_mask" in kwargs:  # a decoding step, not the shared prefix
+                out.logits = torch.full_like(out.logits[:, -1:], -1e4)
+                out.logits[..., box[min(self.steps, len(box) - 1)]] = 0.0
+                self.steps += 1
+            return out
+
+    (plain,) = G.generate(Scripted(), tokenizer, PROMPTS[2:], max_new_tokens=len(box))
+    (stopped,) = G.generate(Scripted(), tokenizer, PROMPTS[2:], max_new_tokens=len(box),
+                            stop_at_answer=True)
+    assert plain[0].finish == "length" and plain[0].text.endswith("and more")
+    assert stopped[0].finish == "answer" and stopped[0].text.endswith("\\boxed{12}")
+    assert stopped[0].n_tokens < plain[0].n_tokens
+
+
+def test_measure_throughput_counts_every_generated_token(tiny_llm):
+    model, tokenizer = tiny_llm
+    rows = G.measure_throughput(model, tokenizer, PROMPTS[0], [1, 3], new_tokens=4,
+                                generator=torch.Generator().manual_seed(0))
+    assert [r["batch"] for r in rows] == [1, 3]
+    assert all(1 <= r["tokens"] <= 4 * r["batch"] and r["tokens_per_s"] > 0 for r in rows)

@@ -61,3 +61,38 @@ def test_binomial_se_and_paired_difference():
     assert paired_difference([1.0], [0.5]) == (0.5, 0.0)
     with pytest.raises(ValueError, match="equally long"):
         paired_difference([1, 2], [1, 2, 3])
+
+
+def test_pass_at_k_is_the_chance_that_a_random_k_subset_holds_a_right_sample():
+    from itertools import combinations
+
+    from helpers.metrics import pass_at_k
+
+    for n, correct in [(8, 0), (8, 1), (8, 3), (5, 5), (6, 2)]:
+        right = [True] * correct + [False] * (n - correct)
+        for k in range(1, n + 1):
+            subsets = list(combinations(right, k))
+            expected = sum(any(s) for s in subsets) / len(subsets)
+            assert pass_at_k(n, correct, k) == pytest.approx(expected)
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="correct <= n"):
+        pass_at_k(4, 5, 1)
+
+
+def test_ratio_mean_se_is_the_pooled_mean_and_matches_the_resampling_spread():
+    from helpers.metrics import ratio_mean_se
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 60, size=400).astype(float)
+    sums = counts * rng.normal(3.0, 0.5, size=400) + rng.normal(0, 4.0, size=400)
+    mean, se = ratio_mean_se(sums, counts)
+    assert mean == pytest.approx(sums.sum() / counts.sum())
+    boot = []  # bootstrap over items: its spread estimates the same standard error
+    for _ in range(2000):
+        i = rng.integers(0, 400, size=400)
+        boot.append(sums[i].sum() / counts[i].sum())
+    assert se == pytest.approx(np.std(boot), rel=0.1)
+    assert ratio_mean_se([6.0, 9.0], [2.0, 3.0]) == (3.0, 0.0)  # every item at the mean
+    assert ratio_mean_se([5.0], [2.0]) == (2.5, 0.0)
+    with pytest.raises(ValueError, match="equally long"):
+        ratio_mean_se([1.0, 2.0], [1.0])

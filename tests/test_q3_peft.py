@@ -19,10 +19,15 @@ def test_q3_peft_notebook_at_smoke(smoke_run):
     assert abs(m["zero_shot_val_loss"] - math.log(400)) < 0.5
     assert m["full_ft_val_loss"] < m["zero_shot_val_loss"]
     assert m["best_lora_val_loss"] < m["zero_shot_val_loss"]
-    assert 0 < m["best_lora_trainable_pct"] < 5 and m["best_lora_rank"] in (2, 4)
+    assert 0 < m["best_lora_trainable_pct"] < 5 and m["best_lora_rank"] in (1, 4)
     assert m["full_ft_s_per_step"] > 0 and m["best_lora_s_per_step"] > 0
     assert m["full_ft_peak_mb"] >= 0 and m["best_lora_peak_mb"] >= 0
     assert m["notebook_cpu_seconds"] > 0
+    # every loss has its standard error over the evaluation sequences; the ranking is judged
+    assert m["zero_shot_val_loss_se"] > 0 and m["full_ft_val_loss_se"] > 0
+    assert 0 <= m["ranking_gaps_separated"] <= m["ranking_gaps"] == 6  # 7 trainings at smoke
+    assert {m[f"lora_r{r}_s_per_step"] > 0 for r in (1, 4)} == {True}
     figures = Path(r.report_path).with_name("Q3_peft_figures")
     assert {p.name for p in figures.glob("*.png")} >= {"val_loss_vs_trainable_params.png",
-                                                       "training_loss.png"}
+                                                       "training_loss.png",
+                                                       "lora_rank_sweep.png"}

@@ -49,6 +49,20 @@ def test_dataset_loaders(tmp_path):
     math.write_text("\n".join(json.dumps(r) for r in rows))
     easy = R.load_math500(math, 3, max_level=1)
     assert [p.answer for p in easy] == ["0", "5"] and easy[0].level == "MATH level 1"
+    middle = R.load_math500(math, max_level=3, min_level=2)
+    assert [p.answer for p in middle] == ["1", "2", "6", "7"]
+
+
+def test_seeded_sample_is_fixed_by_the_seed_keeps_file_order_and_excludes():
+    pool = R.arithmetic_problems(10, seed=0)  # 50 problems
+    first = R.seeded_sample(pool, 8, seed=1)
+    assert first == R.seeded_sample(pool, 8, seed=1) != R.seeded_sample(pool, 8, seed=2)
+    assert len({p.id for p in first}) == 8
+    assert [pool.index(p) for p in first] == sorted(pool.index(p) for p in first)
+    rest = R.seeded_sample(pool, 42, seed=1, exclude=first)
+    assert not {p.id for p in rest} & {p.id for p in first}
+    with pytest.raises(ValueError, match="only 42"):
+        R.seeded_sample(pool, 43, seed=1, exclude=first)
 
 
 # ---------------------------------------------------------------------------- methods
@@ -121,10 +135,16 @@ def test_methods_run_end_to_end_on_a_tiny_model(tiny_llm):
 
 def test_q4_notebook_at_smoke(smoke_metrics):
     m = smoke_metrics("sharif-1404-hw3/Q4_llm_reasoning.ipynb")
-    assert m["n_problems"] == 7 and m["best_of_n"] == 3  # 5 levels x 1 + 1 GSM8K + 1 MATH
+    assert m["n_problems"] == 4 and m["pool_n"] == 3  # 2 GSM8K + 2 MATH, a pool of 3 samples
     for key in ("cot", "best_of_n", "majority", "beam", "self_refine", "refine_no_review"):
         assert 0.0 <= m[f"{key}_accuracy"] <= 1.0
         assert m[f"{key}_wall_s"] > 0
+    # the pass@N bound is at least every selector's accuracy on the same pool
+    assert max(m["best_of_n_accuracy"], m["majority_accuracy"]) <= m["pass_at_n"] <= 1.0
+    assert 0 <= m["methods_beating_cot"] <= 5
+    assert 0 <= m["reviewer_precision"] <= 1 and 0 <= m["reviewer_recall"] <= 1
+    assert m["tokens_per_s_batch_1"] > 0 and m["tokens_per_s_largest_batch"] > 0
+    assert 0 <= m["model_0_cot_accuracy"] <= 1 and 0 <= m["model_1_cot_accuracy"] <= 1
     # costs: one greedy solution <= 16 tokens; three samples cost more than one solution
     assert 1 <= m["cot_tokens"] <= 16
     assert m["best_of_n_tokens"] == m["majority_tokens"] > m["cot_tokens"] * 1.5
