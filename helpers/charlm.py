@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from helpers.text import LengthBucketSampler
-from helpers.training import evaluate_loss
+from helpers.training import autocast, evaluate_loss
 
 PAD = 0
 VOCAB = 256
@@ -53,6 +53,64 @@ def split_train_val(items: Sequence, val_fraction: float,
 def chunk(ids: Tensor, max_len: int) -> list[Tensor]:
     """Cut ``ids (T,)`` into consecutive pieces of at most ``max_len`` (length capping)."""
     return [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
+
+
+def joined(texts: Sequence[str], generator: torch.Generator | None = None) -> Tensor:
+    """:func:`encode` of the paragraphs joined by blank lines (the corpus's own separator),
+    in a fresh random order drawn from ``generator`` if one is given; ``(n_bytes,)``."""
+    order = (torch.randperm(len(texts), generator=generator).tolist() if generator is not None
+             else range(len(texts)))
+    return encode("\n\n".join(texts[i] for i in order))
+
+
+def stream_batches(ids: Tensor, batch_size: int, seq_len: int) -> list[tuple[Tensor, Tensor]]:
+    """Truncated-BPTT chunks: ``ids (N,)`` cut into ``batch_size`` parallel streams, then into
+    consecutive ``(inputs (B, L), targets (B, L))`` pieces (targets = inputs shifted by one
+    character), so that row b of chunk i + 1 continues row b of chunk i. The last chunk may
+    be shorter; fewer than ``batch_size`` characters at the end are dropped."""
+    per_stream = (len(ids) - 1) // batch_size
+    if per_stream < 1:
+        raise ValueError(f"{len(ids)} characters cannot fill {batch_size} streams")
+    inputs = ids[:batch_size * per_stream].view(batch_size, per_stream)
+    targets = ids[1:batch_size * per_stream + 1].view(batch_size, per_stream)
+    return [(inputs[:, i:i + seq_len], targets[:, i:i + seq_len])
+            for i in range(0, per_stream, seq_len)]
+
+
+class CarriedState:
+    """The loss of ``fit`` / ``evaluate_loss`` for truncated backpropagation through time.
+
+    Called with ``(inputs (B, L), targets (B, L))`` chunks from :func:`stream_batches`, it runs
+    the model from the hidden state the previous chunk left (detached: gradients stop at the
+    chunk boundary, the state does not) and returns ``(mean nats/char, characters)``.
+    ``reset()`` starts every stream from the zero state again (at each new epoch).
+    """
+
+    def __init__(self, autocast_dtype: torch.dtype | None = None):
+        self.autocast_dtype = autocast_dtype
+        self.hidden: Tensor | None = None
+
+    def reset(self) -> None:
+        self.hidden = None
+
+    def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+        inputs, targets = batch
+        with autocast(inputs.device.type, self.autocast_dtype):
+            logits, hidden = model(inputs, self.hidden)
+        self.hidden = hidden.detach()
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # the loss in float32
+        return loss_fn(logits, targets), targets.numel()
+
+
+def stream_loss(model: nn.Module, ids: Tensor, batch_size: int, seq_len: int,
+                device: torch.device | str | None = None,
+                autocast_dtype: torch.dtype | None = None) -> float:
+    """Mean nats/char of ``model`` over ``ids (N,)`` read as ``batch_size`` streams whose
+    hidden state is carried from chunk to chunk (every character after a stream's first sees
+    all the text before it, as in char-rnn's evaluation)."""
+    return evaluate_loss(model, stream_batches(ids, batch_size, seq_len),
+                         CarriedState(autocast_dtype), device)
 
 
 def pad(tensor_list: Sequence[Tensor], pad_value: int = PAD) -> Tensor:
@@ -196,22 +254,27 @@ def lm_loss(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, int]:
 
 
 def evaluate(model: nn.Module, groups: Iterable[Sequence[Tensor]],
-             device: torch.device | str | None = None) -> dict[str, float]:
+             device: torch.device | str | None = None,
+             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Character-weighted validation loss (nats/char, :func:`helpers.training.evaluate_loss`
-    of :func:`lm_loss`) and the same in bits per character."""
-    loss = evaluate_loss(model, groups, lm_loss, device)
+    of :func:`lm_loss`: every paragraph read from the zero state) and the same in bits per
+    character."""
+    with autocast(torch.device(device or "cpu").type, autocast_dtype):
+        loss = evaluate_loss(model, groups, lm_loss, device)
     return {"val_loss": loss, "val_bpc": loss / math.log(2)}
 
 
-def repeated_line_rate(texts: Sequence[str]) -> float:
-    """Share of non-empty lines that repeat an earlier line of the same text (loop detector)."""
-    repeats = total = 0
-    for text in texts:
-        seen: set[str] = set()
-        for line in (ln.strip() for ln in text.splitlines()):
-            if not line:
-                continue
-            total += 1
-            repeats += line in seen
-            seen.add(line)
-    return repeats / total if total else 0.0
+WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words of ``text`` (letters, inner apostrophes); punctuation and digits
+    dropped."""
+    return WORD.findall(text.lower())
+
+
+def real_word_share(text: str, vocabulary: set[str]) -> float:
+    """Share of the words of ``text`` found in ``vocabulary`` (e.g. every word of the training
+    text); 0 for a text without words."""
+    found = words(text)
+    return sum(w in vocabulary for w in found) / len(found) if found else 0.0

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from helpers.metrics import classification_metrics
 from helpers.nb import assets
 from helpers.text import read_labelled_csv
-from helpers.training import History, fit, to_device, warmup_cosine_lambda
+from helpers.training import History, autocast, fit, to_device, warmup_cosine_lambda
 
 TINY_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -186,16 +186,20 @@ class EncoderClassifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, n_classes: int = 2, pooling: str = "mean",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.encoder, self.pooling = encoder, pooling
+        self.autocast_dtype = autocast_dtype  # e.g. bfloat16: the encoder in mixed precision
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, n_classes)
 
     def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled encoder output ``(B, d)``."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
+        """Pooled encoder output ``(B, d)``, float32 (the encoder runs under ``autocast_dtype``
+        autocast when one is set)."""
+        with autocast(input_ids.device.type, self.autocast_dtype):
+            hidden = self.encoder(input_ids=input_ids,
+                                  attention_mask=attention_mask).last_hidden_state
+        return pool(hidden.float(), attention_mask, self.pooling)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.head(self.dropout(self.features(input_ids, attention_mask)))

@@ -105,16 +105,22 @@ def sample(model: nn.Module, prompt: Tensor, steps: int, *, num_samples: int = 1
 
 @torch.no_grad()
 def beam_search(model: nn.Module, prompt: Tensor, steps: int, k: int, *,
-                length_penalty: float = 0.0, eos_id: int | None = None,
+                length_penalty: float = 0.0, eos_id: int | Sequence[int] | None = None,
                 no_repeat_ngram: int = 0, banned: Sequence[int] = ()) -> list[tuple[Tensor, float]]:
     """Beam search of width ``k`` continuing ``prompt (T,)`` by up to ``steps`` tokens.
 
-    Keeps the ``k`` highest cumulative log-probabilities; a hypothesis that emits ``eos_id``
-    is finished. Scores are ``log p / lp`` with GNMT's ``lp = ((5 + n) / 6) ** length_penalty``
+    Keeps the ``k`` highest cumulative log-probabilities; a hypothesis that ends with
+    ``eos_id`` (one token, or a sequence of tokens such as the two bytes of a blank line) is
+    finished. Scores are ``log p / lp`` with GNMT's ``lp = ((5 + n) / 6) ** length_penalty``
     (``n`` generated tokens), which only matters when hypotheses differ in length (with an
-    ``eos_id``). Returns up to ``k`` ``(ids (T + n,), score)`` pairs, best first.
+    ``eos_id``): 0 favours the shortest, larger values longer ones. Returns up to ``k``
+    ``(ids (T + n,), score)`` pairs, best first.
     """
     model.eval()
+    eos = [eos_id] if isinstance(eos_id, int) else list(eos_id or [])
+
+    def ends(row: list[int]) -> bool:
+        return bool(eos) and len(row) - len(prompt) >= len(eos) and row[-len(eos):] == eos
 
     def lp(n: int) -> float:
         return ((5 + n) / 6) ** length_penalty
@@ -130,10 +136,11 @@ def beam_search(model: nn.Module, prompt: Tensor, steps: int, k: int, *,
         keep_rows, keep_tokens, keep_scores, keep_from = [], [], [], []
         for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             beam, token = divmod(flat, vocab)
-            if eos_id is not None and token == eos_id:
-                finished.append((rows[beam] + [token], value / lp(step)))
+            row = rows[beam] + [token]
+            if ends(row):
+                finished.append((row, value / lp(step)))
                 continue
-            keep_rows.append(rows[beam] + [token])
+            keep_rows.append(row)
             keep_tokens.append(token)
             keep_scores.append(value)
             keep_from.append(beam)

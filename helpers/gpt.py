@@ -47,12 +47,22 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("bias", causal.view(1, 1, config.block_size, config.block_size),
                              persistent=False)
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None,
+                cache: list[Tensor] | None = None) -> Tensor:
+        """``x (B, T, C)`` -> ``(B, T, C)``. With ``cache`` (a list, empty at the first call)
+        the keys and values of earlier calls are prepended and the extended ones stored, so
+        incremental decoding reads each new token once; ``attention_mask`` then covers the
+        cached positions too ``(B, T_cached + T)``."""
         batch, length, channels = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(batch, length, self.n_head, channels // self.n_head).transpose(1, 2)
                    for t in (q, k, v))  # (B, nh, T, hs)
-        mask = self.bias[:, :, :length, :length]  # (1, 1, T, T)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        total = k.shape[2]
+        mask = self.bias[:, :, total - length:total, :total]  # (1, 1, T, T_total)
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, :].bool()  # padded keys are invisible
         y, _ = scaled_dot_product_attention(
@@ -85,8 +95,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attention_mask)
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None,
+                cache: list[Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attention_mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -116,17 +127,26 @@ class GPT2(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def new_cache(self) -> list[list[Tensor]]:
+        """An empty key/value cache for :meth:`forward`: one list per block."""
+        return [[] for _ in self.h]
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None) -> dict[str, Tensor | None]:
+                labels: Tensor | None = None,
+                cache: list[list[Tensor]] | None = None) -> dict[str, Tensor | None]:
         """Logits ``(B, T, vocab)``; with ``labels (B, T)`` also the mean next-token loss,
-        labels shifted inside, -100 ignored (as Hugging Face does)."""
+        labels shifted inside, -100 ignored (as Hugging Face does). With ``cache`` (from
+        :meth:`new_cache`) the tokens continue those of earlier calls: positions go on from
+        there and attention reads the cached keys and values."""
         batch, length = input_ids.shape
-        if length > self.config.block_size:
-            raise ValueError(f"sequence length {length} > block_size {self.config.block_size}")
-        positions = torch.arange(length, device=input_ids.device)
+        start = cache[0][0].shape[2] if cache and cache[0] else 0
+        if start + length > self.config.block_size:
+            raise ValueError(f"sequence length {start + length} > block_size "
+                             f"{self.config.block_size}")
+        positions = torch.arange(start, start + length, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, C)
-        for block in self.h:
-            x = block(x, attention_mask)
+        for i, block in enumerate(self.h):
+            x = block(x, attention_mask, None if cache is None else cache[i])
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if labels is not None:
@@ -138,42 +158,73 @@ class GPT2(nn.Module):
     def generate(self, input_ids: Tensor, max_length: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  eos_token_id: int | None = None, pad_token_id: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 unconditional_ids: Tensor | None = None, guidance: float = 1.0) -> Tensor:
         """Sample continuations of ``input_ids (B, T0)`` up to ``max_length`` tokens in all.
 
         ``temperature`` 0 means greedy. Rows that emit ``eos_token_id`` are padded with
-        ``pad_token_id`` afterwards. Returns ``(B, ≤ max_length)``.
+        ``pad_token_id`` afterwards. With ``use_cache`` each step feeds only the new token and
+        reuses the cached keys and values (the same tokens, far fewer operations); past
+        ``block_size`` the context is cropped and recomputed. With ``unconditional_ids
+        (B, T0)`` (e.g. a start token instead of a control token) and ``guidance`` γ, the
+        next-token logits are classifier-free guided, ``u + γ (c − u)``: ``c`` continues
+        ``input_ids``, ``u`` the same tokens after ``unconditional_ids`` (Ho & Salimans 2022;
+        Sanchez et al. 2023 for language models); γ = 1 is plain sampling, γ > 1 strengthens
+        the condition. Returns ``(B, ≤ max_length)``.
         """
         self.eval()
-        ids = input_ids
-        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        batch, prompt_length = input_ids.shape
+        guided = unconditional_ids is not None and guidance != 1.0
+        if guided and unconditional_ids.shape != input_ids.shape:
+            raise ValueError(f"unconditional_ids {tuple(unconditional_ids.shape)} must have the "
+                             f"shape of input_ids {tuple(input_ids.shape)}")
+        ids = torch.cat([input_ids, unconditional_ids]) if guided else input_ids  # (B or 2B, T)
+        finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+        cache = None
         while ids.shape[1] < max_length and not finished.all():
-            context = ids[:, -self.config.block_size:]
-            logits = self(context)["logits"][:, -1]  # (B, vocab)
+            if use_cache and cache is not None and ids.shape[1] <= self.config.block_size:
+                logits = self(ids[:, -1:], cache=cache)["logits"][:, -1]  # (B or 2B, vocab)
+            else:
+                fits = use_cache and ids.shape[1] <= self.config.block_size
+                cache = self.new_cache() if fits else None
+                context = ids[:, -self.config.block_size:]
+                logits = self(context, cache=cache)["logits"][:, -1]  # (B or 2B, vocab)
+            if guided:
+                conditional, unconditional = logits.chunk(2)
+                logits = unconditional + guidance * (conditional - unconditional)  # (B, vocab)
             if temperature == 0:
                 next_id = logits.argmax(-1)
             else:
                 probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
                 next_id = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             next_id = torch.where(finished, torch.full_like(next_id, pad_token_id), next_id)
-            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            ids = torch.cat([ids, next_id.repeat(2 if guided else 1)[:, None]], dim=1)
             if eos_token_id is not None:
                 finished |= next_id == eos_token_id
-        return ids
+        return torch.cat([input_ids, ids[:batch, prompt_length:]], dim=1)
 
 
 @torch.no_grad()
 def generate_conditioned(model: GPT2, tokenizer, control_token: str, n: int, max_length: int,
                          temperature: float = 1.0, top_k: int | None = None,
                          top_p: float | None = None, generator: torch.Generator | None = None,
-                         device: torch.device | str = "cpu") -> list[str]:
+                         device: torch.device | str = "cpu", guidance: float = 1.0,
+                         null_token: str | None = None) -> list[str]:
     """``n`` texts sampled after ``control_token`` (e.g. ``"<POS>"``), decoded without
-    special tokens; generation stops at ``<eos>``."""
-    control = tokenizer.convert_tokens_to_ids(control_token)
-    if control == tokenizer.unk_token_id or control is None:
-        raise ValueError(f"{control_token!r} is not a token of this tokenizer")
-    start = torch.full((n, 1), control, dtype=torch.long, device=device)
+    special tokens; generation stops at ``<eos>``. With ``null_token`` (the start token of
+    texts trained without a control token) and ``guidance`` γ ≠ 1, sampling is
+    classifier-free guided (see :meth:`GPT2.generate`)."""
+    def token_id(token: str) -> int:
+        found = tokenizer.convert_tokens_to_ids(token)
+        if found == tokenizer.unk_token_id or found is None:
+            raise ValueError(f"{token!r} is not a token of this tokenizer")
+        return found
+
+    start = torch.full((n, 1), token_id(control_token), dtype=torch.long, device=device)
+    null = (torch.full((n, 1), token_id(null_token), dtype=torch.long, device=device)
+            if null_token is not None else None)
     ids = model.generate(start, max_length, temperature, top_k, top_p,
                          eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, generator=generator)
+                         pad_token_id=tokenizer.pad_token_id, generator=generator,
+                         unconditional_ids=null, guidance=guidance)
     return [tokenizer.decode(row[1:], skip_special_tokens=True).strip() for row in ids.cpu()]

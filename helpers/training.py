@@ -6,6 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +177,13 @@ def evaluate_loss(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
     if count == 0:
         raise ValueError("evaluate_loss got nothing to score (no batches or no tokens)")
     return total / count
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """``torch.autocast(device_type, dtype)`` (mixed precision: matrix products in ``dtype``,
+    e.g. bfloat16 on a CPU with AVX-512 BF16, weights and optimiser kept in float32), or a
+    no-op when ``dtype`` is None."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -143,10 +143,61 @@ def test_evaluate_weights_by_characters_and_converts_to_bits():
     assert metrics["val_bpc"] == pytest.approx(expected / math.log(2), rel=1e-6)
 
 
-def test_repeated_line_rate():
-    assert charlm.repeated_line_rate(["a\nb\na\n\na"]) == pytest.approx(2 / 4)
-    assert charlm.repeated_line_rate(["a\nb", "a"]) == 0.0
-    assert charlm.repeated_line_rate([""]) == 0.0
+def test_joined_keeps_every_paragraph_and_shuffles_with_a_generator():
+    texts = ["first one", "second", "third"]
+    assert charlm.decode(charlm.joined(texts)) == "first one\n\nsecond\n\nthird"
+    shuffled = charlm.decode(charlm.joined(texts, torch.Generator().manual_seed(3)))
+    assert sorted(shuffled.split("\n\n")) == sorted(texts)
+
+
+def test_stream_batches_continue_each_row_and_shift_targets():
+    ids = torch.arange(1, 24)  # 23 characters -> 3 streams of 7 (one left over)
+    chunks = charlm.stream_batches(ids, batch_size=3, seq_len=3)
+    assert [tuple(x.shape) for x, _ in chunks] == [(3, 3), (3, 3), (3, 1)]
+    rows = torch.cat([x for x, _ in chunks], dim=1)
+    assert rows.tolist() == [list(range(1, 8)), list(range(8, 15)), list(range(15, 22))]
+    targets = torch.cat([y for _, y in chunks], dim=1)
+    assert torch.equal(targets, rows + 1)
+    with pytest.raises(ValueError, match="cannot fill"):
+        charlm.stream_batches(ids[:3], batch_size=4, seq_len=2)
+
+
+def test_carried_state_equals_one_long_pass_and_stops_gradients_at_the_boundary():
+    torch.manual_seed(0)
+    model = charlm.CharGRU(8, 16, 2, dropout=0.0).double()
+    ids = charlm.encode("to be or not to be, that is the question")
+    chunks = charlm.stream_batches(ids, batch_size=2, seq_len=5)
+    state = charlm.CarriedState()
+    losses = [state(model, chunk) for chunk in chunks]
+    mean = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    inputs = torch.cat([x for x, _ in chunks], dim=1)
+    targets = torch.cat([y for _, y in chunks], dim=1)
+    whole = charlm.loss_fn(model(inputs)[0], targets)
+    assert_close(mean, whole)
+    assert state.hidden is not None and not state.hidden.requires_grad
+    assert charlm.stream_loss(model, ids, 2, 5) == pytest.approx(whole.item())
+    state.reset()
+    assert state.hidden is None
+
+
+def test_carried_state_under_bfloat16_autocast_stays_close_to_float32():
+    torch.manual_seed(0)
+    model = charlm.CharGRU(8, 32, 2, dropout=0.0)
+    ids = charlm.encode("what light through yonder window breaks? " * 3)
+    exact = charlm.stream_loss(model, ids, 2, 16)
+    low = charlm.stream_loss(model, ids, 2, 16, autocast_dtype=torch.bfloat16)
+    assert low == pytest.approx(exact, abs=0.02)
+    groups = [[charlm.encode("abc de"), charlm.encode("fgh")]]
+    assert charlm.evaluate(model, groups, autocast_dtype=torch.bfloat16)["val_loss"] == \
+        pytest.approx(charlm.evaluate(model, groups)["val_loss"], abs=0.02)
+
+
+def test_words_and_real_word_share():
+    assert charlm.words("O Romeo, Romeo! wherefore art thou's 3 x") == [
+        "o", "romeo", "romeo", "wherefore", "art", "thou's", "x"]
+    vocabulary = {"romeo", "art", "o"}
+    assert charlm.real_word_share("O Romeo, wherefore art", vocabulary) == pytest.approx(3 / 4)
+    assert charlm.real_word_share("!!! ,,", vocabulary) == 0.0
 
 
 def test_char_rnn_notebook_at_smoke(smoke_run):
@@ -155,6 +206,12 @@ def test_char_rnn_notebook_at_smoke(smoke_run):
     m = r.metrics
     assert m["gru_max_abs_error"] < 1e-5
     assert m["val_loss_nats_per_char"] < m["initial_val_loss"]
+    assert 0 < m["val_loss_per_paragraph"] < m["initial_val_loss"]
+    assert abs(m["val_loss_bf16"] - m["val_loss_nats_per_char"]) < 0.05  # bf16 ~ float32
     assert 0 < m["val_bits_per_char"] < 8
-    assert m["distinct2_beam_no_repeat"] >= m["distinct2_beam"]
-    assert m["repeated_lines_beam_no_repeat"] <= m["repeated_lines_beam"]
+    for key in ("real_word_share_sample_t08", "real_word_share_beam_tuned",
+                "real_word_share_reference", "distinct2_beam", "distinct2_beam_tuned"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert m["real_word_share_reference"] > 0.5  # real text is made of training words
+    assert m["beam_length_penalty"] >= 0 and m["beam_no_repeat_ngram"] >= 0
+    assert m["train_chars_per_second"] > 0

@@ -210,3 +210,21 @@ def test_head_tail_truncation_keeps_both_ends():
     assert "verdict" not in tok.convert_ids_to_tokens(head.input_ids[0])
     with pytest.raises(ValueError, match="truncation"):
         encoders.EncodedTexts(tok, [text], [1], 12, truncation="tail")
+
+
+def test_classifier_under_bfloat16_autocast_returns_float32_close_to_float32():
+    torch.manual_seed(0)
+    encoder = _tiny_bert(hidden=32).eval()
+    exact = encoders.EncoderClassifier(encoder).eval()
+    low = encoders.EncoderClassifier(encoder, autocast_dtype=torch.bfloat16).eval()
+    low.head.load_state_dict(exact.head.state_dict())
+    batch = encoders.trim_collate(_rows(6))
+    with torch.no_grad():
+        ref = exact(batch["input_ids"], batch["attention_mask"])
+        out = low(batch["input_ids"], batch["attention_mask"])
+    assert out.dtype == torch.float32 and low.features(
+        batch["input_ids"], batch["attention_mask"]).dtype == torch.float32
+    assert_close(out, ref, atol=0.05, rtol=0.05)
+    assert not torch.equal(out, ref)  # the encoder really ran in bfloat16
+    copy = encoders.prepare(low, "houlsby", 4)
+    assert copy.autocast_dtype == torch.bfloat16  # the methods' copies keep the precision

@@ -102,3 +102,20 @@ def test_beam_search_k1_is_greedy_and_length_penalty_with_eos():
         n = len(ids) - 1
         assert abs(score - _logp(table, ids.tolist()) / ((5 + n) / 6) ** 2.0) < 1e-5
     assert [len(ids) for ids, _ in normed] == [2, 3]
+
+
+def test_beam_search_stops_at_a_multi_token_end_and_length_penalty_moves_the_choice():
+    # 1 -> 1 likely, 1 -> 2 less likely, 2 -> 2 certain: the end is the pair (2, 2)
+    table = torch.full((3, 3), -9.0)
+    table[1, 1], table[1, 2], table[2, 2] = 0.0, -1.5, 0.0
+    short = generation.beam_search(Bigram(table), torch.tensor([1]), 8, 3, eos_id=[2, 2])
+    ids, score = short[0]
+    assert ids[-2:].tolist() == [2, 2] and len(ids) == 3  # the shortest finished hypothesis
+    assert abs(score - _logp(table, ids.tolist())) < 1e-4
+    longer = generation.beam_search(Bigram(table), torch.tensor([1]), 8, 3, eos_id=[2, 2],
+                                    length_penalty=3.0)
+    assert len(longer[0][0]) > len(ids)  # normalising by length lets a longer one win
+    for ids, score in longer:
+        n = len(ids) - 1
+        if ids[-2:].tolist() == [2, 2]:
+            assert abs(score - _logp(table, ids.tolist()) / ((5 + n) / 6) ** 3.0) < 1e-4

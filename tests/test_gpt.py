@@ -101,6 +101,45 @@ def test_generate_greedy_matches_argmax_and_stops_at_eos():
     assert torch.equal(a, b)
 
 
+def test_kv_cache_gives_the_logits_of_a_full_pass_and_the_same_generations():
+    torch.manual_seed(0)
+    model = GPT2(CFG).eval()
+    ids = torch.randint(0, 50, (2, 10))
+    cache = model.new_cache()
+    pieces = [model(ids[:, :6], cache=cache)["logits"]]
+    pieces += [model(ids[:, t:t + 1], cache=cache)["logits"] for t in range(6, 10)]
+    assert_close(torch.cat(pieces, dim=1), model(ids)["logits"], atol=1e-5, rtol=1e-5)
+    assert cache[0][0].shape == (2, CFG.n_head, 10, CFG.n_embd // CFG.n_head)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(2, 7, dtype=torch.long), cache=cache)  # 10 cached + 7 > 16
+    start = torch.tensor([[1, 2], [3, 4]])
+    for max_length in (12, 20):  # 20 > block_size: the context is cropped and recomputed
+        kwargs = {"temperature": 1.0, "top_p": 0.9}
+        cached = model.generate(start, max_length, generator=torch.Generator().manual_seed(1),
+                                **kwargs)
+        plain = model.generate(start, max_length, generator=torch.Generator().manual_seed(1),
+                               use_cache=False, **kwargs)
+        assert torch.equal(cached, plain) and cached.shape == (2, max_length)
+
+
+def test_classifier_free_guidance_combines_the_two_passes():
+    torch.manual_seed(0)
+    model = GPT2(CFG).eval()
+    cond, null = torch.tensor([[1], [2]]), torch.tensor([[3], [3]])
+    guided = model.generate(cond, 6, temperature=0, unconditional_ids=null, guidance=2.5)
+    c, u = model(cond)["logits"][:, -1], model(null)["logits"][:, -1]
+    assert torch.equal(guided[:, 1], (u + 2.5 * (c - u)).argmax(-1))  # the first guided step
+    assert torch.equal(guided[:, 0:1], cond) and guided.shape == (2, 6)
+    # γ = 1, or the same prompt as its own unconditional, is plain sampling
+    plain = model.generate(cond, 6, generator=torch.Generator().manual_seed(2))
+    for kwargs in ({"unconditional_ids": null, "guidance": 1.0},
+                   {"unconditional_ids": cond, "guidance": 3.0}):
+        again = model.generate(cond, 6, generator=torch.Generator().manual_seed(2), **kwargs)
+        assert torch.equal(again, plain)
+    with pytest.raises(ValueError, match="shape"):
+        model.generate(cond, 6, unconditional_ids=null[:1], guidance=2.0)
+
+
 @pytest.mark.parametrize("top_k, top_p", [(5, None), (None, 0.8), (3, 0.5), (None, 0.999)])
 def test_filter_logits_matches_transformers_warpers(top_k, top_p):
     logits = torch.randn(4, 40)
@@ -169,8 +208,11 @@ def test_gpt2_notebook_at_smoke(smoke_run):
     assert m["val_loss_last_epoch"] < math.log(600)  # better than uniform over the vocabulary
     assert 1.0 < m["val_perplexity"] < 600
     assert 0.6 < m["judge_test_accuracy"] <= 1.0
-    for key in ("control_accuracy_positive", "control_accuracy_negative", "distinct_2"):
+    for key in ("control_accuracy_positive", "control_accuracy_negative", "distinct_2",
+                "unconditional_positive_share", "distinct_2_real"):
         assert 0.0 <= m[key] <= 1.0
+    assert 0.5 < m["val_bits_per_char"] < 8  # bytes of Persian text: at most ~8 bits each
+    assert 0 <= m["shown_positive_judged_negative"] <= 10
 
 
 def test_length_bucket_sampler_covers_everything_once_and_groups_lengths():

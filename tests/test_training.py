@@ -122,3 +122,17 @@ def test_count_parameters_counts_tied_weights_once_and_trainable_only():
     assert count_parameters(model) == 10 * 4 + 2 * 4
     model["norm"].requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == 40
+
+
+def test_autocast_runs_matrix_products_in_the_given_dtype_or_not_at_all():
+    from helpers.training import autocast
+
+    layer = nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with autocast("cpu", torch.bfloat16):
+        low = layer(x)
+    with autocast("cpu", None):
+        full = layer(x)
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+    assert layer.weight.dtype == torch.float32  # the weights stay in float32
+    torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.02)
