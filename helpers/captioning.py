@@ -1,15 +1,18 @@
-"""Image captioning with a frozen ViT encoder and a GPT-2 decoder inside a transformers
+"""Image captioning with a ViT encoder and a GPT-2 decoder inside a transformers
 ``VisionEncoderDecoderModel``: caption files (Flickr8k / COCO in one layout), encoder features
-pooled to a few tokens and cached (``helpers.nb.cache``), a compact vocabulary over the GPT-2
-tokenizer, training batches that draw one of an image's captions at random per epoch, held-out
-batches of every caption, the loss for :func:`helpers.training.fit` and
-:func:`helpers.training.evaluate_loss`, decoding (greedy / beam, HF ``generate`` with
-``encoder_outputs``) and a subject-word check (BLEU and the other caption metrics are in
-:mod:`helpers.metrics`).
+pooled to a few tokens, a compact vocabulary over the GPT-2 tokenizer, training batches that
+draw one of an image's captions at random per epoch, held-out batches of every caption, the loss
+for :func:`helpers.training.fit` and :func:`helpers.training.evaluate_loss`, decoding (greedy /
+beam, n-gram blocking and repetition penalty through HF ``generate`` with ``encoder_outputs``,
+the setting chosen on held-out images) and a subject-word check (BLEU and the other caption
+metrics are in :mod:`helpers.metrics`).
 
-The encoder is frozen, so its output is computed once per image (:func:`image_features`) and
-passed to the model as ``encoder_outputs``; ``VisionEncoderDecoderModel`` then skips its encoder
-and applies its own ``enc_to_dec_proj`` (encoder width -> decoder width) before the decoder's
+The encoder's frozen part runs once per image: the tokens entering its first trainable layer
+come from the shared ViT token cache (:func:`helpers.vit.cached_layer_inputs`, also used by
+iust-1404-hw4 Q5), and only the trainable layers run in each training step
+(:func:`encoder_features`; pixels when every layer trains). The pooled result is passed to the
+model as ``encoder_outputs``; ``VisionEncoderDecoderModel`` then skips its encoder and applies
+its own ``enc_to_dec_proj`` (encoder width -> decoder width) before the decoder's
 cross-attention, exactly as it does after running the encoder on ``pixel_values``.
 """
 
@@ -21,9 +24,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+from helpers import vit
+from helpers.vit import load_image
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -50,14 +55,6 @@ def read_captions(folder: str | Path, split: str, limit: int | None = None) -> l
     return rows[:limit]
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An RGB image as ``(H, W, 3)`` uint8."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 # ----------------------------------------------------------------------------- features
 
 def pool_tokens(tokens: Tensor, grid: int) -> Tensor:
@@ -74,44 +71,79 @@ def pool_tokens(tokens: Tensor, grid: int) -> Tensor:
     return torch.cat([tokens[:, :1], pooled.flatten(2).transpose(1, 2)], dim=1)
 
 
-def features_cache_path(model_name: str, images: Sequence[str], size: int, grid: int,
-                        mean: Sequence[float], std: Sequence[float]) -> Path:
-    """``captioning_<key>.pt`` in the shared cache (:mod:`helpers.nb.cache`), the key over the
-    model name, the image list (file names), resolution, pooling grid and normalisation."""
-    from helpers.nb import cache
+class ImageFiles:
+    """Pixels of image files, loaded and preprocessed when indexed (the encoder's input when all
+    of it trains): ``files[rows]`` (a list or tensor of row numbers) -> ``(len(rows), 3, size,
+    size)``; ``files[a:b]`` -> the :class:`ImageFiles` of those files (like a tensor's rows)."""
 
-    key = cache.cache_key(model_name, [Path(p).name for p in images], size, grid, list(mean),
-                          list(std), "float32")
-    return cache.cache_dir("captioning-features") / f"captioning_{key}.pt"
+    def __init__(self, paths: Sequence[str], size: int, mean: Sequence[float],
+                 std: Sequence[float]):
+        self.paths, self.size, self.mean, self.std = list(paths), size, mean, std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> Tensor | ImageFiles:
+        if isinstance(index, slice):
+            return ImageFiles(self.paths[index], self.size, self.mean, self.std)
+        rows = torch.arange(len(self.paths))[index].reshape(-1).tolist()
+        return vit.preprocess([load_image(self.paths[i]) for i in rows], self.size, self.mean,
+                              self.std)
+
+
+def encoder_inputs(encoder: nn.Module, images: Sequence[str], start_layer: int, size: int,
+                   mean: Sequence[float], std: Sequence[float], batch_size: int = 32,
+                   cache: bool = False, progress: Callable | None = None,
+                   device: torch.device | str = "cpu", bf16: bool = False,
+                   ) -> tuple[Tensor | ImageFiles, bool]:
+    """What the trainable part of the encoder reads, and whether it came from the cache: the
+    token states entering layer ``start_layer`` ``(N, T, D)`` (float32; with ``cache``, from the
+    shared ViT token cache :func:`helpers.vit.cached_layer_inputs`), or the images themselves
+    (:class:`ImageFiles`) when ``start_layer == 0``."""
+    if start_layer == 0:
+        return ImageFiles(images, size, mean, std), False
+    if cache:
+        return vit.cached_layer_inputs(encoder, images, start_layer, size, mean, std, batch_size,
+                                       progress, device, bf16)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        tokens = vit.encode_images(encoder.to(device), images, start_layer, size, mean, std,
+                                   batch_size, progress, device)
+    return tokens.float(), False
+
+
+def encoder_features(encoder: nn.Module, inputs: Tensor, start_layer: int, grid: int) -> Tensor:
+    """The decoder's memory ``(B, 1 + grid², D)``: the encoder from layer ``start_layer`` on
+    (:func:`helpers.vit.tokens_from`; ``inputs`` are pixels when ``start_layer == 0``), its
+    patch tokens pooled by :func:`pool_tokens`. Differentiable: trains the encoder's last
+    layers when their parameters require grad."""
+    return pool_tokens(vit.tokens_from(encoder, inputs, start_layer), grid)
 
 
 @torch.no_grad()
+def encode(encoder: nn.Module, inputs: Tensor | ImageFiles, start_layer: int, grid: int,
+           batch_size: int = 64, device: torch.device | str = "cpu") -> Tensor:
+    """:func:`encoder_features` of every row of ``inputs``, batch by batch, in eval mode:
+    ``(N, 1 + grid², D)`` float32 on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    out = [encoder_features(encoder, inputs[torch.arange(i, min(i + batch_size, len(inputs)))]
+                            .to(device), start_layer, grid).float().cpu()
+           for i in range(0, len(inputs), batch_size)]
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
 def image_features(encoder: nn.Module, images: Sequence[str], size: int, grid: int,
                    mean: Sequence[float], std: Sequence[float], batch_size: int = 32,
-                   cache: Path | None = None, progress: Callable | None = None,
+                   cache: bool = False, progress: Callable | None = None,
                    device: torch.device | str = "cpu") -> tuple[Tensor, bool]:
     """Frozen-encoder features of the image files ``images``: ``last_hidden_state`` pooled by
-    :func:`pool_tokens`, ``(N, 1 + grid², D)`` float32 on the CPU, and whether they came from
-    ``cache`` (a file written after a cold run, float32 like the computed features, so that a
-    warm run equals a cold one)."""
-    from helpers.nb.cache import atomic_path
-    from helpers.vit import preprocess
-
-    if cache is not None and cache.exists():
-        return torch.load(cache).float(), True
-    encoder.eval().to(device)
-    chunks = []
-    starts = range(0, len(images), batch_size)
-    for start in progress(starts, desc="image features") if progress else starts:
-        pixels = preprocess([load_image(p) for p in images[start:start + batch_size]],
-                            size, mean, std).to(device)                 # (B, 3, size, size)
-        tokens = encoder(pixel_values=pixels).last_hidden_state        # (B, 1 + P, D)
-        chunks.append(pool_tokens(tokens, grid).float().cpu())
-    feats = torch.cat(chunks)
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            torch.save(feats, tmp)
-    return feats, False
+    :func:`pool_tokens`, ``(N, 1 + grid², D)`` float32 on the CPU, and whether the tokens
+    entering the last layer came from the shared cache (``cache``)."""
+    last = len(vit.encoder_layers(encoder)) - 1
+    inputs, hit = encoder_inputs(encoder, images, last, size, mean, std, batch_size, cache,
+                                 progress, device)
+    return encode(encoder, inputs, last, grid, batch_size, device), hit
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -194,26 +226,41 @@ def small_decoder(vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_pos
 
 
 def pretrained_decoder(path: str) -> nn.Module:
-    """A pretrained GPT-2 (e.g. distilgpt2) with freshly initialised cross-attention layers."""
+    """A pretrained GPT-2 (e.g. distilgpt2) with freshly initialised cross-attention layers
+    (transformers 5 has no ``is_decoder`` flag to set: GPT-2 is a decoder)."""
     from transformers import GPT2LMHeadModel
 
     return GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True)
 
 
 def build_captioner(encoder: nn.Module, decoder: nn.Module, vocab: CaptionVocab,
-                    freeze_encoder: bool = True) -> nn.Module:
-    """``VisionEncoderDecoderModel(encoder, decoder)`` with bos/eos/pad set for ``generate``;
-    with ``freeze_encoder`` the encoder's parameters get no gradient."""
+                    trainable_encoder_layers: int = 0) -> nn.Module:
+    """``VisionEncoderDecoderModel(encoder, decoder)`` with bos/eos/pad set for ``generate``. The
+    encoder's parameters get no gradient but those of its last ``trainable_encoder_layers``
+    layers and its final norm (all of it, embeddings included, when that is every layer)."""
     from transformers import VisionEncoderDecoderModel
 
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
     for cfg in (model.config, model.generation_config):
         cfg.decoder_start_token_id = vocab.bos
         cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = vocab.bos, vocab.eos, vocab.pad
-    if freeze_encoder:
-        for p in model.encoder.parameters():
-            p.requires_grad_(False)
+    set_trainable_encoder_layers(model, trainable_encoder_layers)
     return model
+
+
+def set_trainable_encoder_layers(model: nn.Module, count: int) -> list[nn.Parameter]:
+    """Let only the last ``count`` encoder layers and the final norm of ``model.encoder`` train
+    (every parameter when ``count`` is the number of layers; none when 0); returns them."""
+    encoder = model.encoder
+    layers = vit.encoder_layers(encoder)
+    trainable = [encoder] if count >= len(layers) else (
+        [*layers[len(layers) - count:], encoder.layernorm] if count else [])
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    for module in trainable:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return [p for p in encoder.parameters() if p.requires_grad]
 
 
 def _encoder_outputs(features: Tensor):
@@ -222,10 +269,18 @@ def _encoder_outputs(features: Tensor):
     return BaseModelOutput(last_hidden_state=features)
 
 
-def caption_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
-    """Next-token cross-entropy of ``batch = (features (B, S, D), ids (B, L), mask (B, L))``
-    (padding ignored) and the number of predicted tokens, for :func:`helpers.training.fit`."""
+def caption_loss(model: nn.Module, batch: Batch, start_layer: int | None = None,
+                 grid: int = 0, bf16: bool = False) -> tuple[Tensor, int]:
+    """Next-token cross-entropy of ``batch = (features, ids (B, L), mask (B, L))`` (padding
+    ignored) and the number of predicted tokens, for :func:`helpers.training.fit`. ``features``
+    are the decoder's memory ``(B, S, D)``, or with ``start_layer`` the encoder's inputs at that
+    layer, run through :func:`encoder_features` (pooled to ``grid``; under bfloat16 autocast
+    with ``bf16``) inside the step."""
     feats, ids, mask = batch
+    if start_layer is not None:
+        with torch.autocast(feats.device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = encoder_features(model.encoder, feats, start_layer, grid)
+        feats = feats.float()
     out = model(encoder_outputs=_encoder_outputs(feats), decoder_input_ids=ids[:, :-1],
                 decoder_attention_mask=mask[:, :-1])
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)           # (B, L-1)
@@ -268,23 +323,90 @@ def heldout_batches(features: Tensor, captions: Sequence[Sequence[str]], vocab: 
 
 
 @torch.no_grad()
+def sequence_log_probs(model: nn.Module, features: Tensor, ids: Tensor, vocab: CaptionVocab,
+                       ) -> Tensor:
+    """Total log-probability of each caption ``ids (N, L)`` (bos first; scored up to and with its
+    first eos, the rest ignored) given the decoder memory ``features (N, S, D)``: ``(N,)``."""
+    after = ids[:, 1:]
+    is_eos = (after == vocab.eos).long()
+    before_end = is_eos.cumsum(1) - is_eos == 0  # up to and with the first eos
+    mask = torch.cat([torch.ones_like(ids[:, :1]), before_end.long()], 1)
+    logits = model(encoder_outputs=_encoder_outputs(features), decoder_input_ids=ids[:, :-1],
+                   decoder_attention_mask=mask[:, :-1]).logits
+    token_lp = logits.log_softmax(-1).gather(-1, after[..., None])[..., 0]  # (N, L-1)
+    return (token_lp * mask[:, 1:]).sum(1)
+
+
+@torch.no_grad()
 def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
                       num_beams: int = 1, max_new_tokens: int = 20, batch_size: int = 64,
                       device: torch.device | str = "cpu", progress: Callable | None = None,
+                      specificity: float = 0.0, null_features: Tensor | None = None,
                       **generate_kwargs) -> list[str]:
-    """Captions for encoder features ``(N, S, D)`` by HF ``generate`` (greedy when
-    ``num_beams == 1``, else beam search), decoded to text."""
+    """Captions for decoder memories ``features (N, S, D)`` by HF ``generate`` (greedy when
+    ``num_beams == 1``, else beam search; ``generate_kwargs`` such as ``no_repeat_ngram_size``
+    or ``repetition_penalty`` go to it), decoded to text.
+
+    With ``specificity`` λ > 0, beam search returns its ``num_beams`` finished candidates and the
+    one with the highest ``log p(c | image) - λ log p(c | null image)`` is kept (Li et al. 2016's
+    anti-language-model reranking: a caption that fits every image scores low);
+    ``null_features (1, S, D)`` is the null image's memory (e.g. the mean training memory)."""
     model.eval()
     out: list[str] = []
+    rerank = specificity > 0 and num_beams > 1
+    if rerank and null_features is None:
+        raise ValueError("specificity > 0 needs null_features")
     starts = range(0, len(features), batch_size)
     for start in progress(starts, desc=f"decode beams={num_beams}") if progress else starts:
         feats = features[start:start + batch_size].to(device)
         ids = model.generate(encoder_outputs=_encoder_outputs(feats), num_beams=num_beams,
                              do_sample=False, max_new_tokens=max_new_tokens,
+                             num_return_sequences=num_beams if rerank else 1,
                              decoder_start_token_id=vocab.bos, bos_token_id=vocab.bos,
                              eos_token_id=vocab.eos, pad_token_id=vocab.pad, **generate_kwargs)
+        if rerank:  # (B * beams, L): score every candidate under its image and the null image
+            memory = feats.repeat_interleave(num_beams, 0)
+            null = null_features.to(device).repeat(len(ids), 1, 1)
+            score = (sequence_log_probs(model, memory, ids, vocab)
+                     - specificity * sequence_log_probs(model, null, ids, vocab))
+            best = score.view(-1, num_beams).argmax(1) + torch.arange(len(feats)) * num_beams
+            ids = ids[best.to(ids.device)]
         out.extend(vocab.decode(row) for row in ids.tolist())
     return out
+
+
+def repeats_ngram(caption: str, n: int = 3) -> bool:
+    """Whether some word ``n``-gram occurs twice in ``caption`` (a decoding loop)."""
+    words = caption.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def choose_decoding(model: nn.Module, features: Tensor, references: Sequence[Sequence[str]],
+                    vocab: CaptionVocab, settings: Sequence[dict], max_new_tokens: int = 20,
+                    device: torch.device | str = "cpu", null_features: Tensor | None = None,
+                    min_distinct: float = 0.0) -> tuple[dict, list[dict]]:
+    """Decode held-out ``features`` with each of ``settings`` (keyword arguments of
+    :func:`generate_captions`: ``num_beams``, ``no_repeat_ngram_size``, ``repetition_penalty``,
+    ``specificity``, ...) and pick the one with the highest corpus BLEU-4 against
+    ``references`` among those whose captions are at least ``min_distinct`` distinct (when none
+    is, the most distinct one, BLEU-4 breaking ties). Returns the chosen setting and one row per
+    setting (corpus BLEU-4, share of distinct captions, captions that repeat a word 3-gram)."""
+    from helpers.metrics import corpus_bleu
+
+    rows = []
+    for setting in settings:
+        preds = generate_captions(model, features, vocab, max_new_tokens=max_new_tokens,
+                                  device=device, null_features=null_features, **setting)
+        rows.append({**setting, "corpus_bleu4": corpus_bleu(preds, references, n=4),
+                     "distinct": len(set(preds)) / len(preds),
+                     "repeat_3gram": sum(map(repeats_ngram, preds))})
+    allowed = [i for i, row in enumerate(rows) if row["distinct"] >= min_distinct]
+    if allowed:
+        best = max(allowed, key=lambda i: rows[i]["corpus_bleu4"])
+    else:
+        best = max(range(len(rows)), key=lambda i: (rows[i]["distinct"], rows[i]["corpus_bleu4"]))
+    return dict(settings[best]), rows
 
 
 # ------------------------------------------------------------------------------- metrics

@@ -275,8 +275,9 @@ class CachedMaskEvaluator:
 
     ``states[l]`` are the tokens entering layer ``l`` ``(N, T, D)`` for l = 0..L-1, computed
     without masks; ``tail(hidden, start)`` maps the tokens entering layer ``start`` to logits.
-    A call recomputes from the first layer with a masked head only. Each call's accuracy and
-    mean cross-entropy are appended to ``history``.
+    A call recomputes from the first layer with a masked head only. Each call appends to
+    ``history`` its accuracy, mean cross-entropy and, per example, ``correct (N,)`` (bool) and
+    ``losses (N,)``, so that two masks can be compared with a paired standard error.
     """
 
     def __init__(self, states: Sequence[Tensor], labels: Tensor, tail: Any,
@@ -292,7 +293,9 @@ class CachedMaskEvaluator:
         hidden = self.states[start]
         logits = torch.cat([self.tail(hidden[i:i + self.batch_size], start)
                             for i in range(0, len(hidden), self.batch_size)])
-        accuracy = (logits.argmax(-1) == self.labels).float().mean().item()
-        loss = nn.functional.cross_entropy(logits, self.labels).item()
-        self.history.append({"accuracy": accuracy, "loss": loss})
+        correct = logits.argmax(-1) == self.labels
+        losses = nn.functional.cross_entropy(logits.float(), self.labels, reduction="none")
+        accuracy = correct.float().mean().item()
+        self.history.append({"accuracy": accuracy, "loss": losses.mean().item(),
+                             "correct": correct, "losses": losses})
         return accuracy

@@ -4,9 +4,10 @@
   transformers ViT/DINOv2 (eager attention); :func:`cls_maps` keeps the [CLS] row as patch grids.
 - :func:`rollout` is Attention Rollout (Abnar & Zuidema 2020): fuse heads (mean/max/min),
   optionally discard the weakest weights, add the identity for the residual, renormalise the rows
-  and multiply through the layers.
+  and multiply through the layers; :func:`rollout_per_layer` keeps the product after each layer.
+- :func:`top_share` and :func:`entropy_bits` measure how concentrated a map is.
 - :func:`plot_map_grid` overlays patch maps on the image; :func:`plot_map_grids` splits a
-  tall grid into several figures.
+  tall grid into several figures; :func:`plot_map_strip` lays a sequence of maps out in rows.
 
 Masking heads (and head importance) is :mod:`helpers.head_masking`.
 """
@@ -69,24 +70,48 @@ def discard_lowest(weights: Tensor, ratio: float) -> Tensor:
     return flat.view_as(weights)
 
 
-def rollout(attn: Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
-            residual_weight: float = 0.5) -> Tensor:
-    """Attention Rollout of ``attn (L, B, heads, T, T)``: ``(B, T, T)``, row i = how much each
-    input token flows into token i at the last layer.
+def rollout_per_layer(attn: Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                      residual_weight: float = 0.5) -> Tensor:
+    """Attention Rollout (Abnar & Zuidema 2020) after every layer of ``attn (L, B, heads, T, T)``:
+    ``(L, B, T, T)``, entry ``l`` = ``A~_l ... A~_1`` (how much each input token has flowed into
+    token i after layer l; the last entry is :func:`rollout`).
 
     Per layer: ``W = fuse_heads(A)``; discard the weakest ``discard_ratio`` of W;
     ``A~ = (1 - a) W + a I`` with ``a = residual_weight`` (0.5 in the paper); rows renormalised to
-    sum to 1; then ``R = A~_L ... A~_2 A~_1``.
+    sum to 1; then the running product ``R_l = A~_l R_{l-1}``, ``R_0 = I``.
     """
     _, batch, _, tokens, _ = attn.shape
     eye = torch.eye(tokens, dtype=attn.dtype, device=attn.device).expand(batch, tokens, tokens)
-    result = eye.clone()
+    result, steps = eye.clone(), []
     for layer_attn in attn:
         weights = discard_lowest(fuse_heads(layer_attn, head_fusion), discard_ratio)
         a = (1 - residual_weight) * weights + residual_weight * eye
         a = a / a.sum(dim=-1, keepdim=True)
         result = a @ result  # (B, T, T)
-    return result
+        steps.append(result)
+    return torch.stack(steps)
+
+
+def rollout(attn: Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
+            residual_weight: float = 0.5) -> Tensor:
+    """Attention Rollout through all layers of ``attn (L, B, heads, T, T)``: ``(B, T, T)``, row i =
+    how much each input token flows into token i at the last layer (the last entry of
+    :func:`rollout_per_layer`)."""
+    return rollout_per_layer(attn, head_fusion, discard_ratio, residual_weight)[-1]
+
+
+def top_share(weights: Tensor, fraction: float = 0.1) -> Tensor:
+    """Share of each distribution's mass on its ``fraction`` largest entries: non-negative
+    ``weights (..., P)`` -> ``(...)``; ``fraction`` for a uniform row, 1 for a point."""
+    k = max(1, int(weights.shape[-1] * fraction))
+    return weights.sort(dim=-1, descending=True).values[..., :k].sum(-1) / weights.sum(-1)
+
+
+def entropy_bits(weights: Tensor) -> Tensor:
+    """Entropy in bits of distributions over the last dimension ``(..., P)`` (rows renormalised
+    first): log2(P) for a uniform row, 0 for a point."""
+    p = weights / weights.sum(-1, keepdim=True)
+    return -(p * p.clamp_min(1e-12).log2()).sum(-1)
 
 
 def upsample_map(grid_map: Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -104,9 +129,12 @@ def plot_map_grid(image: np.ndarray, maps: Tensor, row_labels: Sequence[str],
     """A grid of heat maps ``maps (rows, cols, gh, gw)`` over ``image (H, W, 3)`` in [0, 1]."""
     import matplotlib.pyplot as plt
 
+    from helpers.plotting import PAGE_WIDTH_INCHES
+
     rows, cols = maps.shape[:2]
+    panel = min(1.3, (PAGE_WIDTH_INCHES - 0.6) / cols)  # no wider than the page: prints 1:1
     # constrained layout keeps the title clear of the column labels
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.6, 1.3 * rows + 0.5),
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 0.6, panel * rows + 0.5),
                              squeeze=False, layout="constrained")
     size = image.shape[:2]
     for r in range(rows):
@@ -117,7 +145,7 @@ def plot_map_grid(image: np.ndarray, maps: Tensor, row_labels: Sequence[str],
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(textwrap.fill(col_labels[c], 18), fontsize=9)  # fits a 1.3-in panel
+                ax.set_title(textwrap.fill(col_labels[c], int(13 * panel)), fontsize=8)
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=9)
     if title:
@@ -139,3 +167,28 @@ def plot_map_grids(image: np.ndarray, maps: Tensor, row_labels: Sequence[str],
         figures.append(plot_map_grid(image, maps[first:last + 1], row_labels[first:last + 1],
                                      col_labels, part, alpha))
     return figures
+
+
+def plot_map_strip(image: np.ndarray, maps: Tensor, labels: Sequence[str], title: str = "",
+                   per_row: int = 6, alpha: float = 0.6) -> Any:
+    """Maps ``maps (n, gh, gw)`` over ``image (H, W, 3)`` in [0, 1], ``per_row`` to a row, each
+    panel titled by its label (a sequence such as rollout after layer 1, 2, ...)."""
+    import matplotlib.pyplot as plt
+
+    from helpers.plotting import PAGE_WIDTH_INCHES
+
+    n = maps.shape[0]
+    rows = -(-n // per_row)
+    panel = min(1.15, (PAGE_WIDTH_INCHES - 0.3) / per_row)  # no wider than the page
+    fig, axes = plt.subplots(rows, per_row, figsize=(panel * per_row + 0.3, panel * rows + 0.5),
+                             squeeze=False, layout="constrained")
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(image)
+            ax.imshow(upsample_map(maps[i], image.shape[:2]), cmap="jet", alpha=alpha,
+                      vmin=0, vmax=1)
+            ax.set_title(labels[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

