@@ -249,12 +249,14 @@ class RecurrentClassifier(nn.Module):
     real tokens), ``"attention"`` (``a = softmax_t(w^T tanh(W s_t))``, sum of ``a_t s_t``),
     ``"hard"`` (one-hot argmax of the same scores: no gradient reaches ``W, w``) and
     ``"hard_st"`` (argmax forward, softmax gradient backward: straight-through).
-    The last pooling weights ``(B, L)`` are kept in ``self.last_weights``.
+    ``dropout`` zeroes embedding features and pooled features with that probability while
+    training (0: no dropout layer is applied). The last pooling weights ``(B, L)`` are kept in
+    ``self.last_weights``.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, cell: str = "lstm",
                  bidirectional: bool = False, pooling: str = "last", num_classes: int = 2,
-                 attn_dim: int = 32, pad_id: int = 0):
+                 attn_dim: int = 32, pad_id: int = 0, dropout: float = 0.0):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; known: {CELLS}")
@@ -263,6 +265,7 @@ class RecurrentClassifier(nn.Module):
         if cell == "scratch" and bidirectional:
             raise ValueError("the scratch RNN is unidirectional")
         self.cell, self.pooling, self.bidirectional = cell, pooling, bidirectional
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         if cell == "scratch":
             self.rnn: nn.Module = BPTTRNN(embed_dim, hidden_size)
@@ -279,7 +282,7 @@ class RecurrentClassifier(nn.Module):
     def states(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``(states (B, L, H*dirs), last (B, H*dirs))``; states at padding are zero for
         PyTorch cells, arbitrary for the scratch cell (pooling masks them)."""
-        x = self.embedding(ids)  # (B, L, E)
+        x = self.dropout(self.embedding(ids))  # (B, L, E)
         if self.cell == "scratch":
             h, _ = self.rnn(x.transpose(0, 1))
             states = h.transpose(0, 1)  # (B, L, H)
@@ -317,7 +320,7 @@ class RecurrentClassifier(nn.Module):
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         states, last = self.states(ids, lengths)
-        return self.head(self.pool(states, last, lengths))
+        return self.head(self.dropout(self.pool(states, last, lengths)))
 
 
 def unroll(module: nn.RNN | nn.GRU | nn.LSTM, x: Tensor) -> list[Tensor]:
@@ -451,6 +454,7 @@ def fit_classifier(model: nn.Module, train: EncodedReviews, val: EncodedReviews 
                    optimizer: torch.optim.Optimizer, max_epochs: int, batch_size: int,
                    generator: torch.Generator, *, patience: int | None = 1,
                    monitor: str = "val_loss", clip_grad_norm: float | None = None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                    loss_fn: Callable[[nn.Module, Any], Any] = classification_loss,
                    device: torch.device | str | None = None, desc: str = "train") -> History:
     """Train a sequence classifier with :func:`helpers.training.fit` on length-bucketed,
@@ -460,6 +464,7 @@ def fit_classifier(model: nn.Module, train: EncodedReviews, val: EncodedReviews 
     (needs ``val``), training stops once ``monitor`` (``val_loss``, lower is better, or
     ``val_accuracy``, higher is better) has not improved for ``patience`` epochs, and the
     weights of the best epoch are restored; ``patience=None`` trains all ``max_epochs``.
+    ``scheduler`` steps after every batch.
     """
     if patience is not None and val is None:
         raise ValueError("early stopping (patience) needs a validation set")
@@ -474,4 +479,5 @@ def fit_classifier(model: nn.Module, train: EncodedReviews, val: EncodedReviews 
     callbacks = [] if patience is None else [EarlyStopping(monitor, mode, patience)]
     return fit(model, lambda epoch: train.batches(batch_size, generator), loss_fn, optimizer,
                max_epochs, evaluate=None if val is None else evaluate,
-               clip_grad_norm=clip_grad_norm, device=device, callbacks=callbacks, desc=desc)
+               scheduler=scheduler, clip_grad_norm=clip_grad_norm, device=device,
+               callbacks=callbacks, desc=desc)

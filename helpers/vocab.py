@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,18 +63,41 @@ class Vocabulary:
         return [self.itos[i] for i in ids]
 
 
+def subword_embeddings(vocab: Vocabulary, tokenizer: Any, table: Tensor, dim: int) -> Tensor:
+    """Initial word embeddings ``(len(vocab), dim)`` from a pretrained subword embedding table
+    ``(n_subwords, D)`` (a transformer's input embeddings) and its ``tokenizer`` (HF: called on a
+    list of words without special tokens): each word's subword vectors averaged, centred,
+    projected on their ``dim`` leading principal components and scaled to unit standard
+    deviation, the scale of ``nn.Embedding``'s own initialisation. ``<pad>`` and ``<unk>`` get
+    zeros (the mean word)."""
+    if not 0 < dim <= table.shape[1]:
+        raise ValueError(f"dim must be in 1..{table.shape[1]} (the table's width), got {dim}")
+    words = vocab.itos[2:]
+    pieces = tokenizer(words, add_special_tokens=False)["input_ids"]
+    means = torch.stack([table[ids or [tokenizer.unk_token_id]].float().mean(0) for ids in pieces])
+    centred = means - means.mean(0)
+    _, _, components = torch.linalg.svd(centred, full_matrices=False)  # rows: principal axes
+    projected = centred @ components[:dim].T
+    out = torch.zeros(len(vocab), dim)
+    out[2:] = projected / projected.std()
+    return out
+
+
 def encode_texts(tokenized: Sequence[Sequence[str]], vocab: Vocabulary, max_len: int,
                  keep: str = "tail") -> tuple[Tensor, Tensor]:
     """``ids (N, max_len)`` right-padded with 0 and ``lengths (N,)`` (at least 1: an empty text
     becomes one ``<unk>``). Longer texts keep their last (``keep="tail"``) or first
-    (``"head"``) ``max_len`` tokens."""
-    if keep not in ("head", "tail"):
-        raise ValueError(f"keep must be 'head' or 'tail', got {keep!r}")
+    (``"head"``) ``max_len`` tokens, or (``"head_tail"``) their first ``max_len // 4`` and last
+    ``max_len - max_len // 4`` tokens (opening and conclusion, as Sun et al. 2019 cut reviews)."""
+    if keep not in ("head", "tail", "head_tail"):
+        raise ValueError(f"keep must be 'head', 'tail' or 'head_tail', got {keep!r}")
     ids = torch.zeros(len(tokenized), max_len, dtype=torch.long)
     lengths = torch.ones(len(tokenized), dtype=torch.long)
     for row, tokens in enumerate(tokenized):
         enc = vocab.encode(tokens) or [vocab.unk_id]
-        enc = enc[-max_len:] if keep == "tail" else enc[:max_len]
+        if len(enc) > max_len:
+            head = {"head": max_len, "tail": 0, "head_tail": max_len // 4}[keep]
+            enc = enc[:head] + enc[len(enc) - (max_len - head):]
         ids[row, :len(enc)] = torch.tensor(enc)
         lengths[row] = len(enc)
     return ids, lengths

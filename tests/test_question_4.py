@@ -9,11 +9,15 @@ def test_question_4_notebook_at_smoke(smoke_run):
     m = r.metrics
     assert m["bptt_max_error"] < 1e-10  # hand-written BPTT == autograd (float64)
     names = ["scratch_rnn"] + [f"{d}{c}" for c in ("rnn", "gru", "lstm") for d in ("", "bi_")]
-    for name in names + ["headline", "noclip", "clip"]:
+    for name in names + ["headline", "headline_random_embeddings", "noclip", "clip"]:
         assert 0.0 <= m[f"{name}_accuracy"] <= 1.0
     # binomial SE of the headline accuracy on the smoke test reviews
     assert 0.0 <= m["headline_accuracy_se"] <= 0.5 / math.sqrt(64) + 1e-12
     assert 1 <= m["headline_epochs"] <= 2  # early stopping within head_max_epochs
+    # pretrained vs random embeddings: a paired difference on the same test reviews
+    gain = m["headline_accuracy"] - m["headline_random_embeddings_accuracy"]
+    assert math.isclose(m["pretrained_embeddings_gain"], gain, abs_tol=1e-9)
+    assert m["pretrained_embeddings_gain_se"] >= 0.0
     for cell in ("rnn", "gru", "lstm"):  # paired bi - uni differences and their SEs
         assert -1.0 <= m[f"bi_minus_uni_{cell}"] <= 1.0
         assert m[f"bi_minus_uni_{cell}_se"] >= 0.0

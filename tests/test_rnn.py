@@ -235,6 +235,30 @@ def test_fit_classifier_can_stop_on_validation_accuracy():
                            torch.Generator().manual_seed(0), monitor="f1")
 
 
+def test_fit_classifier_steps_the_scheduler_per_batch():
+    train = _reviews([0, 1] * 8)  # 16 reviews: 2 batches of 8 per epoch
+    model = rnn.RecurrentClassifier(20, 4, 6, "gru")
+    optimizer = torch.optim.Adam(model.parameters(), 0.01)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.5)
+    rnn.fit_classifier(model, train, None, optimizer, 3, 8, torch.Generator().manual_seed(0),
+                       patience=None, scheduler=scheduler)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 6)
+
+
+def test_dropout_is_active_only_in_training():
+    torch.manual_seed(0)
+    model = rnn.RecurrentClassifier(20, 4, 6, "gru", pooling="mean", dropout=0.5)
+    data = _reviews([0, 1] * 4)
+    model.eval()
+    torch.testing.assert_close(model(data.ids, data.lengths), model(data.ids, data.lengths))
+    model.train()
+    assert not torch.allclose(model(data.ids, data.lengths), model(data.ids, data.lengths))
+    plain = rnn.RecurrentClassifier(20, 4, 6, "gru", pooling="mean")
+    plain.load_state_dict(model.state_dict())  # dropout adds no parameters
+    plain.eval(), model.eval()
+    torch.testing.assert_close(plain(data.ids, data.lengths), model(data.ids, data.lengths))
+
+
 def test_fit_classifier_without_patience_trains_every_epoch_and_tracks_steps():
     train = _reviews([0, 1] * 8)
     model = rnn.RecurrentClassifier(20, 4, 6, "rnn")
