@@ -65,9 +65,9 @@ html: venv tools
 	$(PY) -m helpers.nb.export html --profile $(PROFILE)
 
 chromium:
-	@command -v chromium >/dev/null || { \
+	@{ command -v chromium && command -v pdftotext; } >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core poppler-utils; }
 
 pdf: venv tools chromium
 	$(PY) -m helpers.nb.export pdf --profile $(PROFILE)

@@ -381,18 +381,28 @@ def peft_lora(model: nn.Module, r: int, alpha: float, targets: Sequence[str],
         return peft.get_peft_model(model, config)
 
 
+def _prefix_as_cache(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: peft's prefix forward hands the base model its prefix (a ``Cache``) as
+    ``past_key_values=``, the keyword transformers 5 deprecates; pass it as ``cache=``."""
+    if "past_key_values" in kwargs and "cache" not in kwargs:
+        kwargs["cache"] = kwargs.pop("past_key_values")
+    return args, kwargs
+
+
 def peft_prefix_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
-    """``peft``'s prefix tuning: trainable key/value prefixes in every layer."""
+    """``peft``'s prefix tuning: trainable key/value prefixes in every layer. ``model`` (now the
+    wrapper's base model) receives the prefix under transformers 5's name ``cache=``."""
+    import inspect
+
     import peft
 
     config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens)
-    # peft's prefix forward hands its prefix to the model as `past_key_values=`, which
-    # transformers 5 renamed `cache=`; the call is peft's, so only that message is silenced
-    warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated",
-                            category=FutureWarning, module=r"torch\.nn\.modules\.module")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # peft 0.21 calls a method transformers 5 deprecates
         warnings.simplefilter("ignore", FutureWarning)
-        return peft.get_peft_model(model, config)
+        prefixed = peft.get_peft_model(model, config)
+    if "cache" in inspect.signature(model.forward).parameters:
+        model.register_forward_pre_hook(_prefix_as_cache, with_kwargs=True)
+    return prefixed
 
 
 @torch.no_grad()

@@ -13,8 +13,11 @@ import numpy as np
 from matplotlib import font_manager
 
 from helpers.nb import PROJECT_ROOT
+from helpers.nb.export import PRINTED_WIDTH_INCHES
 
-PAGE_WIDTH_INCHES = 6.0  # a figure this wide prints at full size on an A4 report page
+# A figure this wide prints at full size on an A4 report page; a wider one shrinks with its
+# text, and the export warns below 70 % (10 pt labels at 7 pt, a figure over 8.6 in).
+PAGE_WIDTH_INCHES = PRINTED_WIDTH_INCHES
 
 VAZIRMATN = PROJECT_ROOT / ".tools" / "node_modules" / "vazirmatn" / "fonts" / "ttf" / \
     "Vazirmatn-Regular.ttf"
@@ -64,25 +67,28 @@ def shift_operator_figure(n_positions: int, d_model: int, k: int = 3, t0: int = 
     table = layers.sinusoidal_positional_encoding(n_positions, d_model, dtype=torch.float64)
     operator = layers.shift_operator(k, layers.sinusoidal_frequencies(d_model))  # (d, d)
     show = min(d_model, show)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))  # two panels, printed at 3/4 size
-    heatmap(axes[0], operator[:show, :show], f"T^({k}), first {show} of {d_model} coordinates",
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH_INCHES, 3.0), layout="constrained")
+    heatmap(axes[0], operator[:show, :show], f"T^({k}), first {show} of {d_model} coords",
             "input coordinate", "output coordinate", cmap="coolwarm", colorbar_label="entry",
             vmin=-1, vmax=1)
     axes[1].plot(table[t0 + k].numpy(), "o", label=f"E_(t+{k})")
     axes[1].plot((operator @ table[t0]).numpy(), "x", label=f"T^({k}) E_t")
     axes[1].set(title=f"t = {t0}: the two coincide", xlabel="coordinate of the encoding",
                 ylabel="value")
-    axes[1].legend()
-    fig.tight_layout()
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.title.set_fontsize(10)
     return fig
 
 
 def captioned_image_figures(images: Sequence[np.ndarray], captions: Sequence[str],
-                            ncols: int = 2, rows_per_figure: int = 3, fontsize: float = 8.5,
+                            ncols: int = 2, rows_per_figure: int = 1, fontsize: float = 8.5,
                             width: float = PAGE_WIDTH_INCHES) -> list[plt.Figure]:
     """Images ``(H, W, 3)`` with their caption above each, ``ncols`` across and at most
     ``rows_per_figure`` rows a figure; figures ``width`` inches wide, so the captions print at
-    ``fontsize`` pt on an A4 page. Caption lines (``\\n`` separates them) wrap to the panel."""
+    ``fontsize`` pt on an A4 page. Caption lines (``\\n`` separates them) wrap to the panel.
+    The PDF never splits a figure, so short (one-row) figures fill its pages: a three-row
+    figure is most of a page and leaves the rest of the previous one blank."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     panel = width / ncols

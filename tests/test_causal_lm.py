@@ -267,6 +267,28 @@ def test_finetune_lowers_the_loss_and_counts_parameters():
     assert res.val_loss < zero
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prefix_tuning_forward_and_backward_raise_no_deprecation(family):
+    """peft hands the base model its prefix as ``past_key_values=``; transformers 5 warns about
+    that name (FutureWarning), so the prefix must reach the model as ``cache=``."""
+    pytest.importorskip("peft")
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = _tiny_llama() if family == "llama" else GPT2LMHeadModel(GPT2Config(
+        n_layer=2, n_head=2, n_embd=16, vocab_size=97, n_positions=32, bos_token_id=1,
+        eos_token_id=2))
+    prefix = causal_lm.peft_prefix_tuning(base, num_virtual_tokens=3)
+    x = torch.randint(3, 97, (2, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = prefix(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+        loss.backward()
+    assert prefix.prompt_encoder["default"].embedding.weight.grad.abs().sum() > 0
+
+
 def test_prefix_from_real_tokens_equals_reading_them_first():
     pytest.importorskip("peft")
     base = _tiny_llama()

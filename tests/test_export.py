@@ -80,15 +80,17 @@ def test_parameters_cell_shows_the_values_the_run_used():
         '# Parameters\nprofile = "smoke"\nseed = 3\noverrides = {"epochs": 1}\n')
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells = [new_markdown_cell("# T"), params, injected, new_code_cell("x = 1")]
+    params.execution_count, injected.execution_count = 1, 2
     shown = export.show_run_parameters(nb)
     assert len(shown.cells) == 3 and shown.cells[2].source == "x = 1"
+    assert shown.cells[1].execution_count == 2  # the next cell is In [3]: no gap
     assert shown.cells[1].source.splitlines() == [
         'profile: str = "smoke"  # smoke | small | full', "seed: int = 3",
         'overrides: dict = {"epochs": 1}  # e.g. {"epochs": 2}']
 
 
-def _figure_output(width_inches: float):
-    """A display_data output holding a matplotlib PNG ``width_inches`` wide at 100 dpi."""
+def _figure_output(width_inches: float, dpi: int = 100):
+    """A display_data output holding a matplotlib PNG ``width_inches`` wide at ``dpi``."""
     import base64
     import io
 
@@ -97,23 +99,27 @@ def _figure_output(width_inches: float):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(width_inches, 2), dpi=100)
+    fig, ax = plt.subplots(figsize=(width_inches, 2), dpi=dpi)
     ax.plot([0, 1], [0, 1])
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return new_output("display_data", data={
         "image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"})
 
 
 def test_figures_too_wide_to_print_readably_are_named(tmp_path):
+    """The printed scale is the page width over the drawn width in inches: a 12-in figure
+    prints at half size, a 6-in one at full size even when drawn at 200 dpi (1200 px)."""
     nb = new_notebook()
     nb.cells = [new_code_cell("fig", outputs=[_figure_output(6.0)]),
+                new_code_cell("sharp", outputs=[_figure_output(6.0, dpi=200)]),
                 new_code_cell("wide", outputs=[_figure_output(12.0)])]
-    nb.cells[1].id = "wide-one"
+    nb.cells[2].id = "wide-one"
     nbformat.write(nb, tmp_path / "figs.ipynb")
     [line] = export.small_print_figures(tmp_path / "figs.ipynb")
-    assert "cell wide-one" in line and "1200 px" in line and "50%" in line
+    assert "cell wide-one" in line and "12.0 in wide" in line and "50%" in line
+    assert export.printed_scale(nb.cells[1].outputs[0]) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_only_exports_the_named_reports(reports):
@@ -201,3 +207,34 @@ def test_index_fits_a_1400_px_window(reports):
                           "--disable-gpu", "--window-size=1400,900", "--dump-dom",
                           probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
     assert int(re.search(r'data-scroll="(\d+)"', dom).group(1)) <= 1400
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("pdfimages") is None,
+                    reason="chromium (make pdf) prints, poppler's pdfimages measures")
+def test_printed_page_width_and_tiny_tables_are_reported(reports, capsys):
+    """A figure wider than the page prints ``PRINTED_WIDTH_INCHES`` wide (the width that
+    ``helpers.plotting.PAGE_WIDTH_INCHES`` draws at full size); a table far too wide for the
+    page shrinks below 6 pt and the export names its page."""
+    import re
+    import subprocess
+
+    import pandas as pd
+
+    folder = reports / "small" / "hw-a"
+    nb = nbformat.read(folder / "demo.ipynb", as_version=4)
+    wide = pd.DataFrame([[0.123456] * 40], columns=[f"column_{i}" for i in range(40)])
+    nb.cells += [new_code_cell("fig", outputs=[_figure_output(12.0)]),
+                 new_code_cell("wide", outputs=[new_output(
+                     "execute_result", execution_count=3,
+                     data={"text/html": wide.to_html(), "text/plain": "wide"})])]
+    nbformat.write(nb, folder / "demo.ipynb")
+    export.export_pdf("small", reports, only=["demo"])
+
+    listing = subprocess.run(["pdfimages", "-list", str(folder / "demo.pdf")],
+                             capture_output=True, text=True, check=True).stdout
+    [row] = [line.split() for line in listing.splitlines()[2:] if line.split()[2] == "image"]
+    width_px, x_ppi = int(row[3]), int(row[12])
+    assert width_px / x_ppi == pytest.approx(export.PRINTED_WIDTH_INCHES, abs=0.1)
+    warnings = capsys.readouterr().err
+    assert re.search(r"demo\.pdf page \d+: \d+ words print at [\d.]+ pt.*column_", warnings)
+    assert "demo.ipynb cell" in warnings  # the figure, at half size

@@ -58,3 +58,12 @@ def test_captioned_image_figures_split_the_images_and_wrap_captions_to_the_panel
     plt.close("all")
     with pytest.raises(ValueError, match="captions"):
         captioned_image_figures(images, captions[:3])
+
+
+def test_shift_operator_figure_prints_at_full_size():
+    from helpers.plotting import PAGE_WIDTH_INCHES, shift_operator_figure
+
+    fig = shift_operator_figure(n_positions=32, d_model=16)
+    assert fig.get_size_inches()[0] <= PAGE_WIDTH_INCHES
+    assert len(fig.axes) == 3 and fig.axes[1].get_legend() is not None  # two panels + colorbar
+    plt.close(fig)

@@ -80,7 +80,7 @@ table.fit-measure { table-layout: auto !important; font-size: 9px !important; }
   img, svg, .jp-RenderedImage, .jp-OutputArea-child:has(img) { break-inside: avoid;
     page-break-inside: avoid; max-width: 100% !important; height: auto; }
   p, li, pre { orphans: 3; widows: 3; }
-  h1, h2, h3, h4 { break-after: avoid; page-break-after: avoid; }
+  h1, h2, h3, h4 { break-after: avoid; page-break-after: avoid; break-inside: avoid; }
 }
 </style>
 """
@@ -202,6 +202,7 @@ def show_run_parameters(nb: Any) -> Any:
             line = f"{name}{annotation or ''} = {values[name]}{comment or ''}"
         lines.append(line)
     tagged[0].source = "\n".join(lines)
+    tagged[0].execution_count = injected[0].execution_count  # no gap in the In [n] numbers
     nb.cells = [c for c in nb.cells if c is not injected[0]]
     return nb
 
@@ -228,27 +229,34 @@ def _static_rel(path: Path, profile_dir: Path) -> str:
     return os.path.relpath(profile_dir / "_static", path.parent)
 
 
-PRINTED_FIGURE_PX = 600  # a PNG this wide (6 in at matplotlib's 100 dpi) prints at full size
+PRINTED_WIDTH_INCHES = 6.0  # an output area on the printed A4 page (measured: 6.02 in)
 READABLE_SCALE = 0.7  # a figure printed smaller than this shows its 10 pt labels below 7 pt
+CSS_PX_PER_INCH = 96
+SMALLEST_PRINTED_PT = 6.0  # text printed smaller than this is a defect
+DEJAVU_HEIGHT_EM = 1.164  # a DejaVu word's box (ascent + descent) per point of font size
 
 
-def _png_width(output: Any) -> int:
-    """Display width in pixels of a notebook output's PNG (its ``width`` metadata, else the
-    PNG header's)."""
+def printed_scale(output: Any) -> float:
+    """Printed size / drawn size of a notebook output's PNG. The page shows it one CSS pixel
+    (1/96 in) a pixel, or at its ``width`` metadata, shrunk to the width of an output area; it
+    was drawn at its own dots per inch (matplotlib writes them; 100 when absent)."""
     import base64
+    import io
 
-    shown = output.get("metadata", {}).get("image/png", {}).get("width")
-    if shown:
-        return int(shown)
-    header = base64.b64decode(output["data"]["image/png"][:32])
-    return int.from_bytes(header[16:20], "big")
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"])))
+    shown = output.get("metadata", {}).get("image/png", {}).get("width") or image.width
+    printed_inches = min(float(shown) / CSS_PX_PER_INCH, PRINTED_WIDTH_INCHES)
+    drawn_inches = image.width / float(image.info.get("dpi", (100, 100))[0])
+    return printed_inches / drawn_inches
 
 
 def small_print_figures(report: Path) -> list[str]:
     """One line for every figure of ``report`` that the PDF shrinks below ``READABLE_SCALE``:
     a figure wider than the page is scaled down with its text, so its labels become
-    unreadable. Draw it narrower (``helpers.plotting.PAGE_WIDTH_INCHES``) or as several
-    figures."""
+    unreadable. Draw it at most ``helpers.plotting.PAGE_WIDTH_INCHES`` wide (its text prints
+    at full size) and no wider than that / ``READABLE_SCALE``, or as several figures."""
     import nbformat
 
     lines = []
@@ -256,11 +264,31 @@ def small_print_figures(report: Path) -> list[str]:
         for output in cell.get("outputs", []):
             if "image/png" not in output.get("data", {}):
                 continue
-            width = _png_width(output)
-            scale = PRINTED_FIGURE_PX / width
+            scale = printed_scale(output)
             if scale < READABLE_SCALE:
-                lines.append(f"{report.name} cell {cell.get('id', '?')}: a figure {width} px "
-                             f"wide prints at {scale:.0%}, its 10 pt text at {10 * scale:.1f} pt")
+                lines.append(f"{report.name} cell {cell.get('id', '?')}: a figure "
+                             f"{PRINTED_WIDTH_INCHES / scale:.1f} in wide prints at {scale:.0%}, "
+                             f"its 10 pt text at {10 * scale:.1f} pt")
+    return lines
+
+
+def small_print_text(pdf: Path) -> list[str]:
+    """One line for every page of ``pdf`` with text printed below ``SMALLEST_PRINTED_PT`` (a
+    table too wide for the page shrinks without limit rather than lose columns at the
+    margin): its size and first words. Reads the words' boxes with poppler's pdftotext."""
+    lines = []
+    layout = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True,
+                            text=True, check=True).stdout
+    word = re.compile(r'<word xMin="[\d.]+" yMin="([\d.]+)" xMax="[\d.]+" yMax="([\d.]+)">'
+                      r"(.*?)</word>")
+    for number, page in enumerate(layout.split("<page ")[1:], start=1):
+        sized = [((float(y1) - float(y0)) / DEJAVU_HEIGHT_EM, html.unescape(text))
+                 for y0, y1, text in word.findall(page)]
+        small = [(size, text) for size, text in sized if size < SMALLEST_PRINTED_PT - 0.1]
+        if small:
+            lines.append(f"{pdf.name} page {number}: {len(small)} words print at "
+                         f"{min(small)[0]:.1f} pt (below {SMALLEST_PRINTED_PT:g} pt): "
+                         + " ".join(text for _, text in small[:8]) + " ...")
     return lines
 
 
@@ -401,14 +429,22 @@ def export_pdf(profile: str, report_root: Path = REPORT_DIR,
                only: Sequence[str] = ()) -> list[Path]:
     """Print every report of ``profile`` (or those named in ``only``) to PDF beside it (via the
     webpdf HTML template)."""
+    measure_text = shutil.which("pdftotext") is not None
+    if not measure_text:
+        print("note: printed text sizes are not checked without poppler's pdftotext "
+              "(apt-get install poppler-utils)", file=sys.stderr)
+
     def render(nb_path: Path, static_rel: str) -> Path:
         printable = nb_path.with_name(f".{nb_path.stem}.print.html")
+        pdf = nb_path.with_suffix(".pdf")
         try:
             atomic_write_text(printable, notebook_html(nb_path, static_rel, template="webpdf"))
-            print_pdf(printable, nb_path.with_suffix(".pdf"))
+            print_pdf(printable, pdf)
         finally:
             printable.unlink(missing_ok=True)
-        return nb_path.with_suffix(".pdf")
+        for line in small_print_text(pdf) if measure_text else []:
+            print(f"warning: {line}", file=sys.stderr)
+        return pdf
 
     return _export_each(profile, report_root, render, only)
 
