@@ -19,9 +19,10 @@ cross-attention, exactly as it does after running the encoder on ``pixel_values`
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -148,6 +149,11 @@ def image_features(encoder: nn.Module, images: Sequence[str], size: int, grid: i
 
 # ---------------------------------------------------------------------------- vocabulary
 
+FUNCTION_WORDS = frozenset((
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "into", "onto", "by", "for",
+    "from", "with", "near", "over", "under", "while", "as", "is", "are", "his", "her", "its",
+    "their", "he", "she", "it", "they", "one", "another", "other", "two", "three", "four"))
+
 class CaptionVocab:
     """Token ids for the decoder, from the GPT-2 BPE tokenizer.
 
@@ -195,6 +201,20 @@ class CaptionVocab:
         if self.compact:
             ids = [self.gpt2_ids[i] for i in ids if i > self.UNK]
         return self.tokenizer.decode(ids).strip()
+
+    def content_word_starts(self, function_words: Collection[str] = FUNCTION_WORDS) -> Tensor:
+        """``(len(self),)`` bool: the ids whose GPT-2 token begins a word (a leading space) of
+        letters that is not in ``function_words`` - the tokens :class:`RepeatedWordBlock`
+        forbids a second time."""
+        gpt2_ids = self.gpt2_ids if self.compact else range(len(self.tokenizer))
+        mask = torch.zeros(len(self), dtype=torch.bool)
+        for i, g in enumerate(gpt2_ids):
+            if g >= 0:
+                token = self.tokenizer.convert_ids_to_tokens(g)
+                word = token[1:]
+                mask[i] = (token.startswith("\u0120") and word.isalpha()  # Ġ: a space
+                           and word not in function_words)
+        return mask
 
     def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
         """Padded ids ``(B, L)`` and mask ``(B, L)`` (1 = real token), ``L <= max_len``;
@@ -337,15 +357,32 @@ def sequence_log_probs(model: nn.Module, features: Tensor, ids: Tensor, vocab: C
     return (token_lp * mask[:, 1:]).sum(1)
 
 
+class RepeatedWordBlock:
+    """A ``generate`` logits processor: a token in ``blocked`` (``(V,)`` bool, e.g.
+    :meth:`CaptionVocab.content_word_starts`) that a sequence has already generated gets
+    probability 0, so no content word occurs twice in a caption ("a blue shirt and black shirt
+    and white shirt" cannot happen; 3-gram blocking lets such loops through when the word
+    between changes). Function words may repeat."""
+
+    def __init__(self, blocked: Tensor):
+        self.blocked = blocked
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """``input_ids (B, L)``, next-token ``scores (B, V)`` -> the scores, blocked ones -inf."""
+        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, input_ids, True)
+        return scores.masked_fill(seen & self.blocked.to(scores.device), -math.inf)
+
+
 @torch.no_grad()
 def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
                       num_beams: int = 1, max_new_tokens: int = 20, batch_size: int = 64,
                       device: torch.device | str = "cpu", progress: Callable | None = None,
                       specificity: float = 0.0, null_features: Tensor | None = None,
-                      **generate_kwargs) -> list[str]:
+                      block_repeated_words: bool = False, **generate_kwargs) -> list[str]:
     """Captions for decoder memories ``features (N, S, D)`` by HF ``generate`` (greedy when
-    ``num_beams == 1``, else beam search; ``generate_kwargs`` such as ``no_repeat_ngram_size``
-    or ``repetition_penalty`` go to it), decoded to text.
+    ``num_beams == 1``, else beam search; ``generate_kwargs`` such as ``no_repeat_ngram_size``,
+    ``repetition_penalty`` or ``length_penalty`` go to it), decoded to text. With
+    ``block_repeated_words``, no content word is generated twice (:class:`RepeatedWordBlock`).
 
     With ``specificity`` λ > 0, beam search returns its ``num_beams`` finished candidates and the
     one with the highest ``log p(c | image) - λ log p(c | null image)`` is kept (Li et al. 2016's
@@ -356,6 +393,11 @@ def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
     rerank = specificity > 0 and num_beams > 1
     if rerank and null_features is None:
         raise ValueError("specificity > 0 needs null_features")
+    if block_repeated_words:
+        from transformers import LogitsProcessorList
+
+        generate_kwargs["logits_processor"] = LogitsProcessorList(
+            [RepeatedWordBlock(vocab.content_word_starts())])
     starts = range(0, len(features), batch_size)
     for start in progress(starts, desc=f"decode beams={num_beams}") if progress else starts:
         feats = features[start:start + batch_size].to(device)
@@ -382,16 +424,45 @@ def repeats_ngram(caption: str, n: int = 3) -> bool:
     return len(grams) != len(set(grams))
 
 
+def repeats_content_word(caption: str, function_words: Collection[str] = FUNCTION_WORDS,
+                         ) -> bool:
+    """Whether a word not in ``function_words`` occurs twice in ``caption`` ("a blue shirt and
+    black shirt"): what :class:`RepeatedWordBlock` prevents."""
+    content = [w for w in caption.split() if w not in function_words]
+    return len(content) != len(set(content))
+
+
+def expected_distinct(captions: Sequence[str], n: int) -> float:
+    """Expected share of distinct captions among ``n`` images whose captions are drawn like
+    ``captions`` (one draw per image from the same distribution): exact over random subsets when
+    ``n <= len(captions)``; beyond, up to twice as many, the Good-Toulmin estimate (Good &
+    Toulmin 1956) ``D + f1 t - f2 t² + f3 t³ - ...``, ``t = n / len(captions) - 1``, with ``D``
+    the distinct captions and ``fk`` those seen ``k`` times. The share falls as ``n`` grows:
+    two images are likelier to get the same generic caption in a larger set."""
+    total, counts = len(captions), Counter(captions).values()
+    if n <= total:
+        distinct = sum(1 - math.comb(total - k, n) / math.comb(total, n) for k in counts)
+    elif n <= 2 * total:
+        t = n / total - 1
+        distinct = len(counts) - sum(f * (-t) ** k for k, f in Counter(counts).items())
+    else:
+        raise ValueError(f"cannot extrapolate {total} captions to more than {2 * total}")
+    return distinct / n
+
+
 def choose_decoding(model: nn.Module, features: Tensor, references: Sequence[Sequence[str]],
                     vocab: CaptionVocab, settings: Sequence[dict], max_new_tokens: int = 20,
                     device: torch.device | str = "cpu", null_features: Tensor | None = None,
-                    min_distinct: float = 0.0) -> tuple[dict, list[dict]]:
+                    min_distinct: float = 0.0, distinct_at: int | None = None,
+                    ) -> tuple[dict, list[dict]]:
     """Decode held-out ``features`` with each of ``settings`` (keyword arguments of
-    :func:`generate_captions`: ``num_beams``, ``no_repeat_ngram_size``, ``repetition_penalty``,
-    ``specificity``, ...) and pick the one with the highest corpus BLEU-4 against
-    ``references`` among those whose captions are at least ``min_distinct`` distinct (when none
-    is, the most distinct one, BLEU-4 breaking ties). Returns the chosen setting and one row per
-    setting (corpus BLEU-4, share of distinct captions, captions that repeat a word 3-gram)."""
+    :func:`generate_captions`: ``num_beams``, ``no_repeat_ngram_size``, ``specificity``,
+    ``block_repeated_words``, ...) and pick the one with the highest corpus BLEU-4 against
+    ``references`` among those whose :func:`expected_distinct` share at ``distinct_at`` images
+    (default: as many as held out) is at least ``min_distinct`` (when none is, the most distinct
+    one, BLEU-4 breaking ties). Returns the chosen setting and one row per setting (corpus
+    BLEU-4, share of distinct held-out captions, its expectation at ``distinct_at`` images,
+    captions that repeat a word 3-gram, captions that repeat a content word)."""
     from helpers.metrics import corpus_bleu
 
     rows = []
@@ -400,12 +471,15 @@ def choose_decoding(model: nn.Module, features: Tensor, references: Sequence[Seq
                                   device=device, null_features=null_features, **setting)
         rows.append({**setting, "corpus_bleu4": corpus_bleu(preds, references, n=4),
                      "distinct": len(set(preds)) / len(preds),
-                     "repeat_3gram": sum(map(repeats_ngram, preds))})
-    allowed = [i for i, row in enumerate(rows) if row["distinct"] >= min_distinct]
+                     "expected_distinct": expected_distinct(preds, distinct_at or len(preds)),
+                     "repeat_3gram": sum(map(repeats_ngram, preds)),
+                     "repeat_word": sum(map(repeats_content_word, preds))})
+    allowed = [i for i, row in enumerate(rows) if row["expected_distinct"] >= min_distinct]
     if allowed:
         best = max(allowed, key=lambda i: rows[i]["corpus_bleu4"])
     else:
-        best = max(range(len(rows)), key=lambda i: (rows[i]["distinct"], rows[i]["corpus_bleu4"]))
+        best = max(range(len(rows)),
+                   key=lambda i: (rows[i]["expected_distinct"], rows[i]["corpus_bleu4"]))
     return dict(settings[best]), rows
 
 

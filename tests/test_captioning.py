@@ -344,10 +344,73 @@ def test_no_repeat_ngram_blocking_removes_loops_and_choose_decoding_keeps_the_be
     assert [r["repeat_3gram"] for r in rows] == [4, 0]
     assert best == settings[max((0, 1), key=lambda i: rows[i]["corpus_bleu4"])]
     assert rows[0]["distinct"] == 0.25
+    assert all(r["expected_distinct"] == pytest.approx(r["distinct"]) for r in rows)
     unreachable, _ = captioning.choose_decoding(model, feats, refs, vocab, settings, 14,
                                                 min_distinct=1.01)  # none qualifies
     assert unreachable == settings[max((0, 1), key=lambda i: (rows[i]["distinct"],
                                                               rows[i]["corpus_bleu4"]))]
+
+
+def test_repeated_word_block_stops_a_content_word_loop(tokenizer):
+    """A decoder trained on "... red shirt and blue shirt and white shirt" repeats no word 3-gram
+    yet says "shirt" three times; with block_repeated_words no content word comes twice, while
+    function words ("a", "and") may."""
+    stutter = "a man in a red shirt and blue shirt and white shirt"
+    vocab = captioning.CaptionVocab(tokenizer, [stutter])
+    blocked = vocab.content_word_starts()
+    words = {w: bool(blocked[vocab.encode(w)[1]]) for w in ("shirt", "man", "red", "a", "and")}
+    assert words == {"shirt": True, "man": True, "red": True, "a": False, "and": False}
+    scores = torch.zeros(1, len(vocab))
+    out = captioning.RepeatedWordBlock(blocked)(torch.tensor([vocab.encode("a shirt")]), scores)
+    assert out[0, vocab.encode("shirt")[1]] == -math.inf and out[0, vocab.encode("a")[1]] == 0
+    torch.manual_seed(0)
+    encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
+    model = captioning.build_captioner(
+        encoder, captioning.small_decoder(len(vocab), 1, 32, 2, 16, 0.0), vocab)
+    feats = torch.randn(4, 5, 32)
+    ids, mask = vocab.encode_batch([stutter] * 4, 16)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(60):
+        loss, _ = captioning.caption_loss(model, (feats, ids, mask))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for beams in (1, 3):
+        plain = captioning.generate_captions(model, feats, vocab, num_beams=beams,
+                                             max_new_tokens=14, no_repeat_ngram_size=3)
+        once = captioning.generate_captions(model, feats, vocab, num_beams=beams,
+                                            max_new_tokens=14, no_repeat_ngram_size=3,
+                                            block_repeated_words=True)
+        assert all(c.split().count("shirt") == 3 and not captioning.repeats_ngram(c)
+                   for c in plain)
+        assert all(map(captioning.repeats_content_word, plain))
+        assert not any(map(captioning.repeats_content_word, once)), once
+        assert all("shirt" in c.split() for c in once)
+
+
+def test_repeats_content_word():
+    assert captioning.repeats_content_word("a man in a blue shirt and black shirt")
+    assert not captioning.repeats_content_word("a man and a dog in the park in the sun")
+
+
+def test_expected_distinct_exact_below_and_good_toulmin_above():
+    assert captioning.expected_distinct(["a", "a", "b"], 3) == pytest.approx(2 / 3)
+    assert captioning.expected_distinct(["a", "a", "b"], 2) == pytest.approx(5 / 6)  # {a,a} once
+    assert captioning.expected_distinct(["a", "a", "b"], 1) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        captioning.expected_distinct(["a", "b"], 5)
+    # captions drawn from a Zipf distribution over 2,000 strings: 300 draws predict 600
+    gen = torch.Generator().manual_seed(0)
+    probs = 1 / torch.arange(1, 2001.0)
+    probs /= probs.sum()
+    truth = float((1 - (1 - probs) ** 600).sum()) / 600
+    estimates = [captioning.expected_distinct(
+        [str(i) for i in torch.multinomial(probs, 300, True, generator=gen).tolist()], 600)
+        for _ in range(200)]
+    naive = captioning.expected_distinct(
+        [str(i) for i in torch.multinomial(probs, 300, True, generator=gen).tolist()], 300)
+    assert sum(estimates) / len(estimates) == pytest.approx(truth, abs=0.01)
+    assert naive > truth + 0.05  # the share at 300 overstates the share at 600
 
 
 def test_sequence_log_probs_equal_the_caption_loss(tiny_captioner):
