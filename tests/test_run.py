@@ -147,6 +147,31 @@ def test_main_runs_notebooks_concurrently_within_the_budget(tmp_path, monkeypatc
     assert "notebook times add up to" in (reports / "smoke" / "summary.md").read_text()
 
 
+def test_pick_next_backfills_a_free_core():
+    assert run.pick_next([2, 1, 1], free=1, idle=False) == 1  # the 2-thread one waits
+    assert run.pick_next([2, 2], free=1, idle=False) is None
+    assert run.pick_next([2, 1], free=0, idle=True) == 0  # nothing runs: the next in order
+    assert run.pick_next([], free=2, idle=True) is None
+
+
+def test_a_later_one_thread_notebook_fills_the_core_a_wide_one_cannot(tmp_path, monkeypatch):
+    # name order (no earlier summary): a_left (1 thread), b_wide (every thread), c_right (1
+    # thread); a_left waits for c_right, so the run finishes only if c_right starts before b_wide
+    root, reports, flags = tmp_path / "notebooks", tmp_path / "reports", tmp_path / "flags"
+    flags.mkdir()
+    for me, other in (("a_left", "c_right"), ("c_right", "a_left")):
+        nb = _notebook(root / "hw" / f"{me}.ipynb",
+                       BARRIER.format(folder=flags, me=me, other=other))
+        nb.with_suffix(".toml").write_text(
+            "\n".join(f"[{p}]\ntorch_threads = 1" for p in ("smoke", "small", "full")))
+    _notebook(root / "hw" / "b_wide.ipynb", "x = 1")
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", root)
+    monkeypatch.setattr(run, "REPORT_DIR", reports)
+    assert run.main(["--profile", "smoke", "--jobs", "2"]) == 0
+    summary = json.loads((reports / "smoke" / "summary.json").read_text())
+    assert [r["status"] for r in summary["notebooks"]] == ["ok", "ok", "ok"]
+
+
 def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path):
     import contextlib
     import signal

@@ -13,7 +13,9 @@ when any notebook failed.
 
 Notebooks run concurrently, each in its own worker process, as many at a time as the CPU
 budget (``--jobs``, default: every core) allows given each notebook's ``torch_threads`` (a
-notebook without that key takes the whole budget), longest first by the last run's times.
+notebook without that key takes the whole budget), longest first by the last run's times;
+when the next one needs more threads than are free, a later one that fits starts instead, so a
+one-thread notebook never leaves a core idle while others wait.
 Each notebook sets its own thread count, so its results equal a sequential run's.
 ``--jobs 1`` runs them one after another. Ctrl-C stops the run: the running notebooks'
 kernels are shut down, no partial file is left, the summary marks them ``interrupted`` and
@@ -265,6 +267,15 @@ def schedule_order(paths: list[Path], seconds: dict[str, float]) -> list[Path]:
     return sorted(paths, key=lambda p: (-seconds.get(_relative(p), float("inf")), _relative(p)))
 
 
+def pick_next(demands: list[int], free: int, idle: bool) -> int | None:
+    """Index of the notebook to start among the pending ones' thread ``demands`` (in schedule
+    order): the first that fits the ``free`` threads, or the first when nothing runs
+    (``idle``); ``None`` when none fits."""
+    if idle and demands:
+        return 0
+    return next((i for i, demand in enumerate(demands) if demand <= free), None)
+
+
 def _kill_tree(pid: int) -> None:
     """Kill a process and every descendant (kernels run in sessions of their own)."""
     import psutil
@@ -353,8 +364,8 @@ def run_many(paths: list[Path], args: argparse.Namespace, budget: int, root: Pat
         try:
             while pending or running:
                 free = budget - sum(w.threads for w in running)
-                while pending and (pending[0][1] <= free or not running):
-                    path, threads = pending.pop(0)
+                while (i := pick_next([t for _, t in pending], free, not running)) is not None:
+                    path, threads = pending.pop(i)
                     running.append(_start_worker(path, args, threads, Path(tmp), root,
                                                  report_root))
                     free -= threads
