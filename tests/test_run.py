@@ -172,7 +172,8 @@ def test_a_later_one_thread_notebook_fills_the_core_a_wide_one_cannot(tmp_path, 
     assert [r["status"] for r in summary["notebooks"]] == ["ok", "ok", "ok"]
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])  # Ctrl-C, and `kill` (background runs)
+def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path, stop):
     import contextlib
     import signal
     import subprocess
@@ -203,7 +204,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path):
         time.sleep(0.5)  # the slow notebook's kernel starts after its partial file
         family = psutil.Process(runner.pid).children(recursive=True)
     time.sleep(1.0)  # let the kernel start executing the cell
-    runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    runner.send_signal(getattr(signal, stop))
     assert runner.wait(timeout=120) == 130, runner.stdout.read()
     assert not [p for p in reports.rglob("*") if ".partial" in p.name]
     assert not (reports / "smoke" / "hw" / "slow.ipynb").exists()
