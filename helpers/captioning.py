@@ -290,12 +290,14 @@ def _encoder_outputs(features: Tensor):
 
 
 def caption_loss(model: nn.Module, batch: Batch, start_layer: int | None = None,
-                 grid: int = 0, bf16: bool = False) -> tuple[Tensor, int]:
+                 grid: int = 0, bf16: bool = False, label_smoothing: float = 0.0,
+                 ) -> tuple[Tensor, int]:
     """Next-token cross-entropy of ``batch = (features, ids (B, L), mask (B, L))`` (padding
     ignored) and the number of predicted tokens, for :func:`helpers.training.fit`. ``features``
     are the decoder's memory ``(B, S, D)``, or with ``start_layer`` the encoder's inputs at that
     layer, run through :func:`encoder_features` (pooled to ``grid``; under bfloat16 autocast
-    with ``bf16``) inside the step."""
+    with ``bf16``) inside the step. ``label_smoothing`` ε: the target puts 1 - ε on the next
+    token and ε spread over the whole vocabulary (for training; held-out losses use 0)."""
     feats, ids, mask = batch
     if start_layer is not None:
         with torch.autocast(feats.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -305,7 +307,7 @@ def caption_loss(model: nn.Module, batch: Batch, start_layer: int | None = None,
                 decoder_attention_mask=mask[:, :-1])
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)           # (B, L-1)
     loss = nn.functional.cross_entropy(out.logits.flatten(0, 1), targets.flatten(),
-                                       ignore_index=-100)
+                                       ignore_index=-100, label_smoothing=label_smoothing)
     return loss, int(mask[:, 1:].sum())
 
 
@@ -358,11 +360,13 @@ def sequence_log_probs(model: nn.Module, features: Tensor, ids: Tensor, vocab: C
 
 
 class RepeatedWordBlock:
-    """A ``generate`` logits processor: a token in ``blocked`` (``(V,)`` bool, e.g.
-    :meth:`CaptionVocab.content_word_starts`) that a sequence has already generated gets
-    probability 0, so no content word occurs twice in a caption ("a blue shirt and black shirt
-    and white shirt" cannot happen; 3-gram blocking lets such loops through when the word
-    between changes). Function words may repeat."""
+    """A ``generate`` logits processor against two kinds of stutter: a token in ``blocked``
+    (``(V,)`` bool, e.g. :meth:`CaptionVocab.content_word_starts`) that a sequence has already
+    generated gets probability 0, so no content word occurs twice in a caption ("a blue shirt and
+    black shirt and white shirt" cannot happen; 3-gram blocking lets such loops through when the
+    word between changes); and no token may follow itself, which also stops a stutter inside a
+    word ("race" "tre" "tre" "track": its pieces start no word, so the first rule misses it).
+    Function words may repeat, but not back to back."""
 
     def __init__(self, blocked: Tensor):
         self.blocked = blocked
@@ -370,7 +374,8 @@ class RepeatedWordBlock:
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         """``input_ids (B, L)``, next-token ``scores (B, V)`` -> the scores, blocked ones -inf."""
         seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, input_ids, True)
-        return scores.masked_fill(seen & self.blocked.to(scores.device), -math.inf)
+        banned = (seen & self.blocked.to(scores.device)).scatter_(1, input_ids[:, -1:], True)
+        return scores.masked_fill(banned, -math.inf)
 
 
 @torch.no_grad()
@@ -381,8 +386,11 @@ def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
                       block_repeated_words: bool = False, **generate_kwargs) -> list[str]:
     """Captions for decoder memories ``features (N, S, D)`` by HF ``generate`` (greedy when
     ``num_beams == 1``, else beam search; ``generate_kwargs`` such as ``no_repeat_ngram_size``,
-    ``repetition_penalty`` or ``length_penalty`` go to it), decoded to text. With
-    ``block_repeated_words``, no content word is generated twice (:class:`RepeatedWordBlock`).
+    ``repetition_penalty`` or ``length_penalty`` go to it), decoded to text. The decoder gets an
+    all-ones mask that ``generate`` extends step by step: a sequence's tokens after its eos are
+    padding the caption never reads (the decoder is causal), and with the mask GPT-2 does not
+    warn about it. With ``block_repeated_words``, no content word is generated twice and no
+    token follows itself (:class:`RepeatedWordBlock`).
 
     With ``specificity`` λ > 0, beam search returns its ``num_beams`` finished candidates and the
     one with the highest ``log p(c | image) - λ log p(c | null image)`` is kept (Li et al. 2016's
@@ -402,6 +410,8 @@ def generate_captions(model: nn.Module, features: Tensor, vocab: CaptionVocab,
     for start in progress(starts, desc=f"decode beams={num_beams}") if progress else starts:
         feats = features[start:start + batch_size].to(device)
         ids = model.generate(encoder_outputs=_encoder_outputs(feats), num_beams=num_beams,
+                             decoder_attention_mask=torch.ones(len(feats), 1, dtype=torch.long,
+                                                               device=feats.device),
                              do_sample=False, max_new_tokens=max_new_tokens,
                              num_return_sequences=num_beams if rerank else 1,
                              decoder_start_token_id=vocab.bos, bos_token_id=vocab.bos,

@@ -195,3 +195,17 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
         return float(nltk_corpus_bleu(
             [[_caption_tokens(r) for r in refs] for refs in references],
             [_caption_tokens(p) for p in predictions], weights=tuple([1.0 / n] * n)))
+
+
+def corpus_bleu_se(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                   n: int = 4, resamples: int = 200, seed: int = 0) -> float:
+    """Bootstrap standard error of :func:`corpus_bleu`: the images (a prediction with its
+    references) are resampled with replacement ``resamples`` times (seeded), and the standard
+    deviation of the resampled corpus BLEU-n is returned."""
+    rng = np.random.default_rng(seed)
+    count = len(predictions)
+    draws = [rng.integers(0, count, count) for _ in range(resamples)]
+    values = [corpus_bleu([predictions[i] for i in rows], [references[i] for i in rows], n)
+              for rows in draws]
+    return float(np.std(values, ddof=1))
+

@@ -84,6 +84,20 @@ def test_corpus_bleu():
 
 # ---------------------------------------------------------------------------- captioning
 
+def test_corpus_bleu_se_bootstrap():
+    """Zero when every caption equals a reference; about 1/sqrt(2) smaller when each image
+    appears twice (the SE of a mean over twice the images); positive otherwise."""
+    refs = [["a dog runs on the grass"], ["two kids swim in a pool"], ["a man rides a bike"],
+            ["a girl in a red dress"], ["a black dog jumps"], ["people walk on a street"]]
+    preds = ["a dog runs on grass", "kids swim in the pool", "a man rides a red bike",
+             "a girl in a dress", "a dog jumps", "people on a street"]
+    assert metrics.corpus_bleu_se([r[0] for r in refs], refs, n=2) == 0.0
+    se = metrics.corpus_bleu_se(preds, refs, n=2, resamples=400)
+    se_twice = metrics.corpus_bleu_se(preds * 2, refs * 2, n=2, resamples=400)
+    assert se > 0.02
+    assert se_twice == pytest.approx(se / math.sqrt(2), rel=0.25)
+
+
 def test_clean_caption_and_subject():
     assert captioning.clean_caption("A dog, running .") == "a dog running"
     assert captioning.subject_word("a black dog runs") == "dog"
@@ -220,6 +234,27 @@ def test_caption_loss_matches_hf_loss_and_freezes_encoder(tiny_captioner):
     model.zero_grad(set_to_none=True)
 
 
+def test_caption_loss_label_smoothing_by_hand(tiny_captioner):
+    """With ε, each real target's loss is (1 - ε) · its NLL + ε · the mean NLL over the
+    vocabulary; padding still counts nothing."""
+    model, eps = tiny_captioner, 0.1
+    feats = torch.randn(2, 5, 32)
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])
+    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
+    with torch.no_grad():
+        smooth, n = captioning.caption_loss(model, (feats, ids, mask), label_smoothing=eps)
+        plain, _ = captioning.caption_loss(model, (feats, ids, mask))
+        logp = model(encoder_outputs=captioning._encoder_outputs(feats),
+                     decoder_input_ids=ids[:, :-1],
+                     decoder_attention_mask=mask[:, :-1]).logits.log_softmax(-1)
+    real = mask[:, 1:].bool()
+    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0][real]
+    uniform = -logp.mean(-1)[real]
+    torch.testing.assert_close(smooth, ((1 - eps) * nll + eps * uniform).mean())
+    torch.testing.assert_close(plain, nll.mean())
+    assert n == 6
+
+
 def test_generate_captions_beam_and_greedy(tiny_captioner, tokenizer):
     vocab = captioning.CaptionVocab(tokenizer, ["a dog runs", "a cat sits"])
     decoder = captioning.small_decoder(len(vocab), 1, 24, 2, 16, 0.0)
@@ -315,24 +350,32 @@ def test_repeats_ngram_finds_a_loop():
     assert captioning.repeats_ngram("a dog a dog", n=2) and not captioning.repeats_ngram("a", 3)
 
 
-def test_no_repeat_ngram_blocking_removes_loops_and_choose_decoding_keeps_the_best(tokenizer):
-    """A decoder trained to loop ("a b c a b c ...") repeats 3-grams greedily; with
-    no_repeat_ngram_size=3 it cannot, and choose_decoding picks the setting whose corpus BLEU-4
-    against the references is highest."""
+def _memorising_captioner(vocab, captions: str | list[str], steps: int = 60):
+    """A tiny captioner trained to say ``captions`` (one for all, or one each) for 4 random
+    memories ``(4, 5, 32)`` (a decoder with a known habit, loops and stutters included), and
+    those memories."""
     torch.manual_seed(0)
-    vocab = captioning.CaptionVocab(tokenizer, ["red dog runs fast"] * 3)
     encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
-    decoder = captioning.small_decoder(len(vocab), 1, 32, 2, 16, 0.0)
-    model = captioning.build_captioner(encoder, decoder, vocab)
-    loop = "red dog runs fast red dog runs fast red dog runs fast"
+    model = captioning.build_captioner(
+        encoder, captioning.small_decoder(len(vocab), 1, 32, 2, 16, 0.0), vocab)
     feats = torch.randn(4, 5, 32)
-    ids, mask = vocab.encode_batch([loop] * 4, 16)
+    ids, mask = vocab.encode_batch([captions] * 4 if isinstance(captions, str) else captions, 16)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(60):
+    for _ in range(steps):
         loss, _ = captioning.caption_loss(model, (feats, ids, mask))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return model, feats
+
+
+def test_no_repeat_ngram_blocking_removes_loops_and_choose_decoding_keeps_the_best(tokenizer):
+    """A decoder trained to loop ("a b c a b c ...") repeats 3-grams greedily; with
+    no_repeat_ngram_size=3 it cannot, and choose_decoding picks the setting whose corpus BLEU-4
+    against the references is highest."""
+    vocab = captioning.CaptionVocab(tokenizer, ["red dog runs fast"] * 3)
+    model, feats = _memorising_captioner(
+        vocab, "red dog runs fast red dog runs fast red dog runs fast")
     plain = captioning.generate_captions(model, feats, vocab, max_new_tokens=14)
     blocked = captioning.generate_captions(model, feats, vocab, max_new_tokens=14,
                                            no_repeat_ngram_size=3)
@@ -363,18 +406,7 @@ def test_repeated_word_block_stops_a_content_word_loop(tokenizer):
     scores = torch.zeros(1, len(vocab))
     out = captioning.RepeatedWordBlock(blocked)(torch.tensor([vocab.encode("a shirt")]), scores)
     assert out[0, vocab.encode("shirt")[1]] == -math.inf and out[0, vocab.encode("a")[1]] == 0
-    torch.manual_seed(0)
-    encoder = vit.tiny_dinov2(image_size=32, patch_size=8, hidden_size=32)
-    model = captioning.build_captioner(
-        encoder, captioning.small_decoder(len(vocab), 1, 32, 2, 16, 0.0), vocab)
-    feats = torch.randn(4, 5, 32)
-    ids, mask = vocab.encode_batch([stutter] * 4, 16)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(60):
-        loss, _ = captioning.caption_loss(model, (feats, ids, mask))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model, feats = _memorising_captioner(vocab, stutter)
     for beams in (1, 3):
         plain = captioning.generate_captions(model, feats, vocab, num_beams=beams,
                                              max_new_tokens=14, no_repeat_ngram_size=3)
@@ -386,6 +418,49 @@ def test_repeated_word_block_stops_a_content_word_loop(tokenizer):
         assert all(map(captioning.repeats_content_word, plain))
         assert not any(map(captioning.repeats_content_word, once)), once
         assert all("shirt" in c.split() for c in once)
+
+
+def test_repeated_word_block_stops_a_stutter_inside_a_word(tokenizer):
+    """A decoder trained on "racetretretrack" (pieces that start no word, so the content-word
+    rule cannot see them) stutters; with block_repeated_words no token follows itself."""
+    stutter = "a crowd at a racetretretrack"
+    vocab = captioning.CaptionVocab(tokenizer, [stutter, "a crowd at a track"])
+    pieces = vocab.encode(stutter)
+    assert any(a == b for a, b in zip(pieces[:-1], pieces[1:], strict=True))  # back to back
+    scores = torch.zeros(1, len(vocab))
+    out = captioning.RepeatedWordBlock(vocab.content_word_starts())(
+        torch.tensor([vocab.encode("a")[:-1]]), scores)  # bos, "a": "a" may not come next
+    assert out[0, vocab.encode("a")[1]] == -math.inf and (out[0] == 0).sum() == len(vocab) - 1
+    model, feats = _memorising_captioner(vocab, stutter)
+    plain = captioning.generate_captions(model, feats, vocab, max_new_tokens=14)
+    blocked = captioning.generate_captions(model, feats, vocab, max_new_tokens=14,
+                                           block_repeated_words=True)
+    assert plain == [stutter] * 4  # "rac" "et" "ret" "ret" "rack"
+    assert not any("retret" in c for c in blocked) and all("crowd" in c for c in blocked)
+
+
+def test_greedy_decoding_with_finished_rows_does_not_warn_about_padding(tokenizer):
+    """Rows that end early are padded while the others go on; the decoder's mask tells GPT-2 so,
+    and transformers prints no "attention_mask" warning."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logger = hf_logging.get_logger("transformers")
+    hf_logger.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # a warning shown earlier in the session counts
+    try:
+        vocab = captioning.CaptionVocab(tokenizer, ["red dog runs fast", "a cat"])
+        want = ["a cat", "red dog runs fast"] * 2
+        model, feats = _memorising_captioner(vocab, want)
+        captions = captioning.generate_captions(model, feats, vocab, max_new_tokens=6)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert captions == want
+    assert not [r for r in records if "attention_mask" in r.getMessage()]
 
 
 def test_repeats_content_word():
