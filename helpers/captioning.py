@@ -365,7 +365,7 @@ class RepeatedWordBlock:
     generated gets probability 0, so no content word occurs twice in a caption ("a blue shirt and
     black shirt and white shirt" cannot happen; 3-gram blocking lets such loops through when the
     word between changes); and no token may follow itself, which also stops a stutter inside a
-    word ("race" "tre" "tre" "track": its pieces start no word, so the first rule misses it).
+    word ("rac" "et" "ret" "ret" "rack": its pieces start no word, so the first rule misses it).
     Function words may repeat, but not back to back."""
 
     def __init__(self, blocked: Tensor):

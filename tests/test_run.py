@@ -144,7 +144,26 @@ def test_main_runs_notebooks_concurrently_within_the_budget(tmp_path, monkeypatc
     last = summary["last_run"]
     assert last["jobs"] == 2 and last["notebooks"] == 2
     assert last["wall_seconds"] > 0 and last["notebook_seconds"] > 0
-    assert "notebook times add up to" in (reports / "smoke" / "summary.md").read_text()
+    assert [r["threads"] for r in summary["notebooks"]] == [1, 1]
+    # two one-thread notebooks side by side: the bound is the longer one, under the wall time
+    assert last["bound_seconds"] == max(r["seconds"] for r in summary["notebooks"])
+    assert last["bound_seconds"] <= last["wall_seconds"]
+    text = (reports / "smoke" / "summary.md").read_text()
+    assert "notebook times add up to" in text and "could take under" in text
+
+
+def test_wall_bound_is_thread_seconds_over_the_budget_or_the_longest_notebook():
+    def result(seconds, threads):
+        return run.NotebookResult("x.ipynb", "ok", seconds, threads=threads)
+
+    # two-thread notebooks cannot overlap on 2 threads: their times add up
+    assert run.wall_bound([result(100, 2), result(50, 2)], 2) == 150
+    # one-thread notebooks pair up: half their sum, unless one is longer than that
+    assert run.wall_bound([result(100, 1), result(60, 1), result(40, 1)], 2) == 100
+    assert run.wall_bound([result(300, 1), result(60, 1)], 2) == 300
+    assert run.wall_bound([result(100, 1), result(100, 2)], 2) == 150
+    assert run.wall_bound([result(100, 0)], 4) == 100  # not recorded: every thread
+    assert run.wall_bound([], 2) == 0.0
 
 
 def test_pick_next_backfills_a_free_core():

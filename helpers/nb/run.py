@@ -60,6 +60,7 @@ class NotebookResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     headline: list[str] = field(default_factory=list)  # metrics marked headline
+    threads: int = 0  # CPU threads it was given (0: not recorded)
 
 
 def discover(root: Path = NOTEBOOK_DIR, only: str | None = None) -> list[Path]:
@@ -183,9 +184,11 @@ def write_summary(results: list[NotebookResult], profile: str,
                "last_run": run_info or {}, "notebooks": rows}
     atomic_write_text(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
     info = payload["last_run"]
+    bound = (f"; with their thread counts no schedule on {info['jobs']} thread(s) could take "
+             f"under {info['bound_seconds']:.0f} s" if "bound_seconds" in info else "")
     run_line = (f" Last run: {info['notebooks']} notebook(s) in {info['wall_seconds']:.0f} s wall"
-                f" (notebook times add up to {info['notebook_seconds']:.0f} s; CPU budget "
-                f"{info['jobs']} thread(s))." if info else "")
+                f" (notebook times add up to {info['notebook_seconds']:.0f} s{bound}; CPU "
+                f"budget {info['jobs']} thread(s))." if info else "")
     lines = [f"# Run summary: profile `{profile}`", "",
              f"Updated {payload['updated']}.{run_line}", "",
              "± : seed-to-seed standard deviation of the headline metric (measured by "
@@ -316,11 +319,24 @@ def _start_worker(path: Path, args: argparse.Namespace, threads: int, tmp: Path,
 
 def _collect(worker: _Worker) -> NotebookResult:
     if worker.result_file.exists():
-        return NotebookResult(**json.loads(worker.result_file.read_text()))
-    tail = worker.log_file.read_text(errors="replace").strip().splitlines()[-3:]
-    return NotebookResult(_relative(worker.path), "failed", 0.0,
-                          error=f"worker exited with {worker.process.returncode}: "
-                                + " | ".join(tail))
+        result = NotebookResult(**json.loads(worker.result_file.read_text()))
+    else:
+        tail = worker.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+        result = NotebookResult(_relative(worker.path), "failed", 0.0,
+                                error=f"worker exited with {worker.process.returncode}: "
+                                      + " | ".join(tail))
+    result.threads = worker.threads
+    return result
+
+
+def wall_bound(results: list[NotebookResult], budget: int) -> float:
+    """Seconds under which no schedule of ``results``' notebooks could have finished on
+    ``budget`` threads, each keeping its thread count and its wall time: the larger of their
+    thread-seconds over the budget and the longest notebook. The gap to the run's wall time
+    is what the schedule (and kernel start-up) cost; the bound itself only falls with cheaper
+    notebooks or fewer threads per notebook."""
+    thread_seconds = sum(r.seconds * (r.threads or budget) for r in results)
+    return max([thread_seconds / budget, *(r.seconds for r in results)], default=0.0)
 
 
 def _interrupt(workers: list[_Worker], profile: str, root: Path, report_root: Path,
@@ -454,12 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     results, interrupted = run_many(paths, args, args.jobs, root, report_root)
     run_info = {"notebooks": len(results), "wall_seconds": round(time.perf_counter() - start, 1),
                 "notebook_seconds": round(sum(r.seconds for r in results), 1),
+                "bound_seconds": round(wall_bound(results, args.jobs), 1),
                 "jobs": args.jobs, "interrupted": interrupted}
     summary = write_summary(results, args.profile, report_root, run_info)
     failed = [r for r in results if r.status != "ok"]
     print(f"{len(results) - len(failed)}/{len(results)} notebooks ok in "
           f"{run_info['wall_seconds']:.0f} s wall (notebook times add up to "
-          f"{run_info['notebook_seconds']:.0f} s); summary: "
+          f"{run_info['notebook_seconds']:.0f} s; no schedule could take under "
+          f"{run_info['bound_seconds']:.0f} s); summary: "
           f"{_relative(summary.with_suffix('.md'))}")
     if interrupted:
         print("interrupted: the running notebooks were stopped; other rows kept")
