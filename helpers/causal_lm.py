@@ -99,7 +99,7 @@ def build_tiny_random_lm(folder: Path | str, texts: Sequence[str], vocab_size: i
 
 def dequantised_cache_dir(folder: str | Path, gguf_file: str, dtype: torch.dtype) -> Path:
     """Where :func:`dequantised_gguf` saves ``folder/gguf_file`` dequantised to ``dtype``: the
-    shared cache (:mod:`helpers.nb.cache`), keyed by the file (name, size, modification time),
+    shared cache (:mod:`helpers.nb.cache`), keyed by the file (name, size, content hash),
     the dtype and the versions of the packages that read and write it."""
     from helpers.nb import cache
 

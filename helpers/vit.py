@@ -147,7 +147,7 @@ def tiny_dinov2(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32
 def converted_cache_dir(onnx_path: str | Path) -> Path:
     """Where the DINOv2 rebuilt from the ONNX file at ``onnx_path`` is cached
     (``save_pretrained`` layout) in the shared cache (:mod:`helpers.nb.cache`), keyed by the
-    file (name, size, modification time) and the transformers/torch versions."""
+    file (name, size, content hash) and the transformers/torch versions."""
     from helpers.nb import cache
 
     key = cache.cache_key(cache.file_fingerprint(onnx_path),
@@ -522,7 +522,7 @@ def top_k_agreement(student_logits: Tensor, teacher_logits: Tensor, k: int = 1) 
 
 def images_key(images: np.ndarray | Sequence[np.ndarray | str | Path]) -> object:
     """What identifies a set of images for the cache: the array itself, else per item the
-    file's name, size and modification time or the array."""
+    file's name, size and content hash or the array."""
     from helpers.nb import cache
 
     if isinstance(images, np.ndarray):

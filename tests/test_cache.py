@@ -44,7 +44,9 @@ def test_key_is_stable_and_changes_with_every_part(tmp_path):
     assert cache.cache_key(cache.file_fingerprint(source), *parts[1:]) != key
     stat = source.stat()
     fingerprint = cache.file_fingerprint(source)
-    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, touched
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # reinstalled: touched
+    assert cache.file_fingerprint(source) == fingerprint
+    source.write_bytes(b"other weightz")  # same size, other bytes
     assert cache.file_fingerprint(source) != fingerprint
 
 

@@ -43,9 +43,15 @@ def cache_dir(kind: str) -> Path:
 
 
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
-    """What identifies a source file's content cheaply: its name, size and modification time."""
-    stat = Path(path).stat()
-    return {"file": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """What identifies a source file: its name, size and the SHA-256 of its bytes (about a
+    second per GB here). Not its modification time: a fresh install of the package that ships
+    a model file (a new clone's venv) rewrites the file unchanged, and the entry still fits."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return {"file": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def package_versions(*packages: str) -> dict[str, str | None]:
