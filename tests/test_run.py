@@ -204,10 +204,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path, stop):
     root, reports = tmp_path / "notebooks", tmp_path / "reports"
     _notebook(root / "hw" / "quick.ipynb", "from helpers.nb import report\nreport.record('x', 1)")
     _notebook(root / "hw" / "slow.ipynb", "import time\ntime.sleep(600)")
+    # as from a terminal: a shell's background job (`make test &`) passes SIGINT on ignored,
+    # and Python then never turns Ctrl-C into KeyboardInterrupt
     runner = subprocess.Popen(
         [sys.executable, "-m", "helpers.nb.run", "--profile", "smoke", "--jobs", "2",
          "--notebook-root", str(root), "--report-root", str(reports)],
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     partial = reports / "smoke" / "hw" / ".slow.partial.ipynb"
 
