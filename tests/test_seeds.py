@@ -56,3 +56,15 @@ def test_rewriting_replaces_the_table_and_refuses_a_table_after_it(seeded):
 def test_notebook_without_a_spread_reads_none(seeded):
     assert seeds.read_spread(seeded) is None
     assert seeds.SeedSpread("small", (0,), "2026-01-01", {"x": (1.0,)}).sd("x") is None
+
+
+def test_spread_sentence_gives_each_sd_or_says_it_was_not_measured(seeded):
+    labels = {"score": "the score", "other": "the other"}
+    assert "not measured at `small`" in seeds.spread_sentence("small", labels, seeded)
+    seeds.write_spread(seeded, seeds.SeedSpread(
+        "small", (0, 1, 2), "2026-01-02", {"score": (0.5, 0.6, 0.7), "other": (1.0, 1.0, 4.0)}))
+    assert seeds.spread_sentence("small", labels, seeded) == (
+        "Trained with seeds 0, 1, 2 (whole notebook at `small`, measured 2026-01-02), the "
+        "standard deviation from seed to seed is 0.100 for the score and 1.732 for the other.")
+    assert "not measured at `smoke`" in seeds.spread_sentence("smoke", labels, seeded)
+    assert "not measured" in seeds.spread_sentence("small", {"missing": "m"}, seeded)

@@ -54,6 +54,25 @@ def read_spread(notebook: str | Path) -> SeedSpread | None:
                       {k: tuple(float(x) for x in v) for k, v in table["metrics"].items()})
 
 
+def spread_sentence(profile: str, labels: dict[str, str], notebook: str | Path | None = None,
+                    fmt: str = ".3f") -> str:
+    """One sentence for a notebook's discussion: the seed-to-seed standard deviation of each
+    metric in ``labels`` (metric name -> words for it) from the notebook's ``[seed_spread]``
+    table, or that it was not measured at ``profile``. ``notebook`` defaults to the running one.
+    """
+    from helpers.nb import runtime
+
+    spread = read_spread(notebook if notebook is not None else runtime.current_notebook())
+    if spread is None or spread.profile != profile or not labels.keys() <= spread.values.keys():
+        return (f"The seed-to-seed spread of these numbers was not measured at `{profile}` "
+                "(`make seeds` measures it).")
+    parts = [f"{spread.sd(name):{fmt}} for {label}" for name, label in labels.items()]
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    seed_list = ", ".join(map(str, spread.seeds))
+    return (f"Trained with seeds {seed_list} (whole notebook at `{profile}`, measured "
+            f"{spread.measured}), the standard deviation from seed to seed is {listed}.")
+
+
 def spread_text(spread: SeedSpread) -> str:
     """The ``[seed_spread]`` TOML table of ``spread`` (with a comment saying how to redo it)."""
     lines = [f"[{SECTION}]",
