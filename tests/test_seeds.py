@@ -67,4 +67,6 @@ def test_spread_sentence_gives_each_sd_or_says_it_was_not_measured(seeded):
         "Trained with seeds 0, 1, 2 (whole notebook at `small`, measured 2026-01-02), the "
         "standard deviation from seed to seed is 0.100 for the score and 1.732 for the other.")
     assert "not measured at `smoke`" in seeds.spread_sentence("smoke", labels, seeded)
+    assert seeds.measured_spread("small", seeded).sd("score") == pytest.approx(0.1)
+    assert seeds.measured_spread("smoke", seeded) is None
     assert "not measured" in seeds.spread_sentence("small", {"missing": "m"}, seeded)

@@ -54,16 +54,23 @@ def read_spread(notebook: str | Path) -> SeedSpread | None:
                       {k: tuple(float(x) for x in v) for k, v in table["metrics"].items()})
 
 
+def measured_spread(profile: str, notebook: str | Path | None = None) -> SeedSpread | None:
+    """The ``[seed_spread]`` table of ``notebook`` (default: the running one) if it was measured
+    at ``profile``, else ``None``: a spread measured at one profile says nothing of another."""
+    from helpers.nb import runtime
+
+    spread = read_spread(notebook if notebook is not None else runtime.current_notebook())
+    return spread if spread is not None and spread.profile == profile else None
+
+
 def spread_sentence(profile: str, labels: dict[str, str], notebook: str | Path | None = None,
                     fmt: str = ".3f") -> str:
     """One sentence for a notebook's discussion: the seed-to-seed standard deviation of each
     metric in ``labels`` (metric name -> words for it) from the notebook's ``[seed_spread]``
     table, or that it was not measured at ``profile``. ``notebook`` defaults to the running one.
     """
-    from helpers.nb import runtime
-
-    spread = read_spread(notebook if notebook is not None else runtime.current_notebook())
-    if spread is None or spread.profile != profile or not labels.keys() <= spread.values.keys():
+    spread = measured_spread(profile, notebook)
+    if spread is None or not labels.keys() <= spread.values.keys():
         return (f"The seed-to-seed spread of these numbers was not measured at `{profile}` "
                 "(`make seeds` measures it).")
     parts = [f"{spread.sd(name):{fmt}} for {label}" for name, label in labels.items()]
