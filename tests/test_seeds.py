@@ -70,3 +70,13 @@ def test_spread_sentence_gives_each_sd_or_says_it_was_not_measured(seeded):
     assert seeds.measured_spread("small", seeded).sd("score") == pytest.approx(0.1)
     assert seeds.measured_spread("smoke", seeded) is None
     assert "not measured" in seeds.spread_sentence("small", {"missing": "m"}, seeded)
+
+
+def test_difference_se_is_the_larger_of_the_sample_se_and_the_seed_spread():
+    spread = seeds.SeedSpread("small", (0, 1, 2), "2026-01-02",
+                              {"a": (0.5, 0.6, 0.7), "b": (0.2, 0.2, 0.2)})
+    assert seeds.difference_se(0.01, spread, "a", "b") == pytest.approx(0.1)  # hypot(0.1, 0)
+    assert seeds.difference_se(0.5, spread, "a", "b") == 0.5
+    assert seeds.difference_se(0.01, spread, "a", "unmeasured") == pytest.approx(0.1 * 2**0.5)
+    assert seeds.difference_se(0.01, spread, "x", "y") == 0.01
+    assert seeds.difference_se(0.01, None, "a", "b") == 0.01

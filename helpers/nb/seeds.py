@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -61,6 +62,18 @@ def measured_spread(profile: str, notebook: str | Path | None = None) -> SeedSpr
 
     spread = read_spread(notebook if notebook is not None else runtime.current_notebook())
     return spread if spread is not None and spread.profile == profile else None
+
+
+def difference_se(se: float, spread: SeedSpread | None, metric_a: str, metric_b: str) -> float:
+    """Noise of a difference between two single-seed runs' metrics: ``se`` (the SE of the
+    difference over the evaluation sample) or, when ``spread`` measured either metric, the
+    seed-to-seed SD of the difference, ``sqrt(sd_a^2 + sd_b^2)``, whichever is larger. A metric
+    whose spread was not measured is taken to vary as the other one."""
+    sd_a, sd_b = (spread.sd(m) if spread is not None else None for m in (metric_a, metric_b))
+    if sd_a is None and sd_b is None:
+        return se
+    return max(se, math.hypot(sd_a if sd_a is not None else sd_b,
+                              sd_b if sd_b is not None else sd_a))
 
 
 def spread_sentence(profile: str, labels: dict[str, str], notebook: str | Path | None = None,
