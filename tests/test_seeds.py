@@ -73,10 +73,13 @@ def test_spread_sentence_gives_each_sd_or_says_it_was_not_measured(seeded):
 
 
 def test_difference_se_is_the_larger_of_the_sample_se_and_the_seed_spread():
-    spread = seeds.SeedSpread("small", (0, 1, 2), "2026-01-02",
-                              {"a": (0.5, 0.6, 0.7), "b": (0.2, 0.2, 0.2)})
-    assert seeds.difference_se(0.01, spread, "a", "b") == pytest.approx(0.1)  # hypot(0.1, 0)
+    spread = seeds.SeedSpread("small", (0, 1, 2), "2026-01-02", {
+        "a": (0.5, 0.6, 0.7), "b": (0.2, 0.2, 0.2), "a_shifted": (0.4, 0.5, 0.6)})
+    assert seeds.difference_se(0.01, spread, "a", "b") == pytest.approx(0.1)  # sd of 0.3, 0.4, 0.5
     assert seeds.difference_se(0.5, spread, "a", "b") == 0.5
+    # metrics that move together over seeds: their difference does not vary, the sample SE stays
+    assert seeds.difference_se(0.01, spread, "a", "a_shifted") == 0.01
     assert seeds.difference_se(0.01, spread, "a", "unmeasured") == pytest.approx(0.1 * 2**0.5)
+    assert seeds.difference_se(0.01, spread, "unmeasured", "a") == pytest.approx(0.1 * 2**0.5)
     assert seeds.difference_se(0.01, spread, "x", "y") == 0.01
     assert seeds.difference_se(0.01, None, "a", "b") == 0.01

@@ -66,14 +66,16 @@ def measured_spread(profile: str, notebook: str | Path | None = None) -> SeedSpr
 
 def difference_se(se: float, spread: SeedSpread | None, metric_a: str, metric_b: str) -> float:
     """Noise of a difference between two single-seed runs' metrics: ``se`` (the SE of the
-    difference over the evaluation sample) or, when ``spread`` measured either metric, the
-    seed-to-seed SD of the difference, ``sqrt(sd_a^2 + sd_b^2)``, whichever is larger. A metric
-    whose spread was not measured is taken to vary as the other one."""
-    sd_a, sd_b = (spread.sd(m) if spread is not None else None for m in (metric_a, metric_b))
-    if sd_a is None and sd_b is None:
-        return se
-    return max(se, math.hypot(sd_a if sd_a is not None else sd_b,
-                              sd_b if sd_b is not None else sd_a))
+    difference over the evaluation sample) or the seed-to-seed SD of the difference, whichever
+    is larger. With both metrics in ``spread`` that SD is the SD of the per-seed differences
+    (runs of one seed share its data split, so their metrics move together); with one of them,
+    the other is taken to vary as much and independently (``sqrt(2) * sd``)."""
+    values = spread.values if spread is not None else {}
+    a, b = values.get(metric_a), values.get(metric_b)
+    if a is not None and b is not None and len(a) > 1:
+        return max(se, statistics.stdev(x - y for x, y in zip(a, b, strict=True)))
+    sd = spread.sd(metric_a if a is not None else metric_b) if spread is not None else None
+    return se if sd is None else max(se, math.sqrt(2) * sd)
 
 
 def spread_sentence(profile: str, labels: dict[str, str], notebook: str | Path | None = None,
