@@ -64,12 +64,14 @@ def measured_spread(profile: str, notebook: str | Path | None = None) -> SeedSpr
     return spread if spread is not None and spread.profile == profile else None
 
 
-def difference_se(se: float, spread: SeedSpread | None, metric_a: str, metric_b: str) -> float:
+def difference_se(se: float, spread: SeedSpread | None, metric_a: str | None,
+                  metric_b: str | None) -> float:
     """Noise of a difference between two single-seed runs' metrics: ``se`` (the SE of the
     difference over the evaluation sample) or the seed-to-seed SD of the difference, whichever
     is larger. With both metrics in ``spread`` that SD is the SD of the per-seed differences
     (runs of one seed share its data split, so their metrics move together); with one of them,
-    the other is taken to vary as much and independently (``sqrt(2) * sd``)."""
+    the other is taken to vary as much and independently (``sqrt(2) * sd``); a metric never
+    recorded is named ``None``."""
     values = spread.values if spread is not None else {}
     a, b = values.get(metric_a), values.get(metric_b)
     if a is not None and b is not None and len(a) > 1:
