@@ -181,9 +181,37 @@ def evaluate_loss(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
 
 def autocast(device_type: str, dtype: torch.dtype | None) -> AbstractContextManager:
     """``torch.autocast(device_type, dtype)`` (mixed precision: matrix products in ``dtype``,
-    e.g. bfloat16 on a CPU with AVX-512 BF16, weights and optimiser kept in float32), or a
-    no-op when ``dtype`` is None."""
+    e.g. bfloat16 on a CPU with fast bfloat16 kernels, weights and optimiser kept in float32),
+    or a no-op when ``dtype`` is None."""
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether ``device`` has fast bfloat16 matrix kernels: a CUDA GPU that supports bfloat16,
+    or a CPU for which oneDNN has them (AVX-512 or AMX). On an AVX2-only CPU bfloat16 falls
+    back to reference kernels, many times slower than float32 (``bench/precision.py``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def usable_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """``dtype``, except bfloat16 on a device without fast bfloat16 kernels: float32 there,
+    with a printed line saying so (the numbers then differ a little from a bfloat16 run)."""
+    if dtype != torch.bfloat16 or bf16_is_fast(device):
+        return dtype
+    print(f"bfloat16 was asked for, but {torch.device(device).type} has no fast bfloat16 "
+          "kernels here (an AVX2-only CPU): float32 is used instead")
+    return torch.float32
+
+
+def autocast_dtype(bf16: bool, device: torch.device | str) -> torch.dtype | None:
+    """The ``dtype`` for :func:`autocast` that a config's ``bf16`` switch asks for: bfloat16
+    where ``device`` computes it fast (:func:`usable_dtype`), else None (plain float32)."""
+    if not bf16:
+        return None
+    return torch.bfloat16 if usable_dtype(torch.bfloat16, device) == torch.bfloat16 else None
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

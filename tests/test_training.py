@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import training
 from helpers.nb.runtime import seed_everything
 from helpers.training import EarlyStopping, fit, noam_lambda, to_device, warmup_cosine_lambda
 
@@ -136,3 +137,20 @@ def test_autocast_runs_matrix_products_in_the_given_dtype_or_not_at_all():
     assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
     assert layer.weight.dtype == torch.float32  # the weights stay in float32
     torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_switch_falls_back_to_float32_only_where_bfloat16_is_slow(fast, monkeypatch, capsys):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: fast)
+    assert training.bf16_is_fast("cpu") is fast
+    assert training.autocast_dtype(False, "cpu") is None
+    assert capsys.readouterr().out == ""
+    assert training.autocast_dtype(True, "cpu") == (torch.bfloat16 if fast else None)
+    assert training.usable_dtype(torch.bfloat16, "cpu") == (torch.bfloat16 if fast
+                                                             else torch.float32)
+    assert ("float32 is used instead" in capsys.readouterr().out) is not fast
+    assert training.usable_dtype(torch.float16, "cpu") == torch.float16  # only bfloat16 changes
+
+
+def test_bf16_is_fast_follows_this_cpu_s_onednn_kernels():
+    assert training.bf16_is_fast("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
