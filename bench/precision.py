@@ -9,26 +9,13 @@ AVX2-only CPU it is many times above.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from attention import median_seconds  # bench/attention.py (this folder is on sys.path)
 from torch import nn
 
 from helpers.training import autocast, bf16_is_fast
 
-REPEATS = 5
-
-
-def median_seconds(step, repeats: int = REPEATS) -> float:
-    """Median wall time of ``step()`` after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+REPEATS = 5  # bfloat16 steps take seconds on an AVX2-only CPU
 
 
 def forward_backward(module: nn.Module, x: torch.Tensor, dtype: torch.dtype | None):
@@ -55,8 +42,8 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}, bf16_is_fast: {bf16_is_fast('cpu')}")
     for name, (module, x) in cases.items():
         x.requires_grad_(True)
-        fp32 = median_seconds(forward_backward(module, x, None))
-        bf16 = median_seconds(forward_backward(module, x, torch.bfloat16))
+        fp32 = median_seconds(forward_backward(module, x, None), REPEATS)
+        bf16 = median_seconds(forward_backward(module, x, torch.bfloat16), REPEATS)
         print(f"{name}: float32 {fp32 * 1e3:.1f} ms, bfloat16 autocast {bf16 * 1e3:.1f} ms, "
               f"ratio {bf16 / fp32:.2f}x")
 
