@@ -201,8 +201,8 @@ def usable_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
     with a printed line saying so (the numbers then differ a little from a bfloat16 run)."""
     if dtype != torch.bfloat16 or bf16_is_fast(device):
         return dtype
-    print(f"bfloat16 was asked for, but {torch.device(device).type} has no fast bfloat16 "
-          "kernels here (an AVX2-only CPU): float32 is used instead")
+    print(f"bfloat16 was asked for, but this {torch.device(device).type} has no fast bfloat16 "
+          "kernels (bench/precision.py): float32 is used instead")
     return torch.float32
 
 
