@@ -1,5 +1,6 @@
 """helpers.nb.runtime: seeding, devices, the headless progress bar, setup and measure_cost."""
 
+import os
 import random
 
 import numpy as np
@@ -56,6 +57,15 @@ def test_headless_progress_draws_live_elsewhere_and_leaves_one_line(monkeypatch,
     assert list(progress(iter(range(3)), desc="quiet")) == [0, 1, 2]
     out, err = capsys.readouterr()
     assert err == "" and out.startswith("quiet: 3 in ")
+
+
+def test_draw_progress_here_points_bars_at_this_process_unless_already_set(monkeypatch):
+    monkeypatch.delenv(runtime.PROGRESS_ENV, raising=False)
+    runtime.draw_progress_here()
+    assert os.environ[runtime.PROGRESS_ENV] == f"/proc/{os.getpid()}/fd/2"
+    monkeypatch.setenv(runtime.PROGRESS_ENV, "/elsewhere")
+    runtime.draw_progress_here()
+    assert os.environ[runtime.PROGRESS_ENV] == "/elsewhere"
 
 
 def test_environment_summary_names_device_and_seed():

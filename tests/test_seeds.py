@@ -40,6 +40,27 @@ def test_measure_writes_the_spread_and_the_summary_shows_it(seeded, tmp_path):
     assert "±" not in (tmp_path / "reports" / "small" / "summary.md").read_text().split("|")[-2]
 
 
+def test_finished_seeds_are_read_back_until_an_input_changes(seeded, monkeypatch, capsys):
+    first = seeds.measure(seeded, "smoke", [3, 4])
+    assert first.values == {"score": (0.8, 0.9)}
+    seeds.write_spread(seeded, first)  # the spread table is not an input of the runs
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished seed ran again")
+
+    monkeypatch.setattr(run, "run_notebook", must_not_run)
+    assert seeds.measure(seeded, "smoke", [4, 3]).values == {"score": (0.9, 0.8)}
+    assert capsys.readouterr().out.count("read back from") == 2
+    kept = seeds.seed_run_path(seeded, "smoke", 3)
+    assert kept.exists() and kept.name.startswith("hw-s-seeded-smoke-seed3-")
+
+    config = seeded.with_suffix(".toml")
+    config.write_text(config.read_text().replace("steps = 1", "steps = 5"))
+    assert seeds.seed_run_path(seeded, "smoke", 3) != kept  # a changed config runs afresh
+    with pytest.raises(AssertionError, match="ran again"):
+        seeds.measure(seeded, "smoke", [3])
+
+
 def test_rewriting_replaces_the_table_and_refuses_a_table_after_it(seeded):
     first = seeds.SeedSpread("small", (0, 1), "2026-01-01", {"a/b": (1.0, 3.0)})
     second = seeds.SeedSpread("small", (0, 1, 2), "2026-01-02", {"a/b": (1.0, 2.0, 3.0)})

@@ -44,7 +44,7 @@ from typing import Any
 from helpers.nb import NOTEBOOK_DIR, PROJECT_ROOT, REPORT_DIR, atomic_write_text
 from helpers.nb.profiles import check_profile
 from helpers.nb.report import FIGURE_DIR_ENV, headlines_from_notebook, metrics_from_notebook
-from helpers.nb.runtime import HEADLESS_ENV, NOTEBOOK_ENV, PROGRESS_ENV, progress
+from helpers.nb.runtime import HEADLESS_ENV, NOTEBOOK_ENV, draw_progress_here, progress
 
 PARAMETERS = ("profile", "seed", "device", "overrides")
 
@@ -372,9 +372,7 @@ def run_many(paths: list[Path], args: argparse.Namespace, budget: int, root: Pat
                for p in schedule_order(paths, seconds)]
     running: list[_Worker] = []
     results: list[NotebookResult] = []
-    terminal = Path(f"/proc/{os.getpid()}/fd/2")  # the notebooks' bars draw live here
-    if terminal.exists() and PROGRESS_ENV not in os.environ:
-        os.environ[PROGRESS_ENV] = str(terminal)
+    draw_progress_here()
     bar = progress(range(len(paths)), desc=f"notebooks @ {args.profile}", total=len(paths))
     with tempfile.TemporaryDirectory(prefix="helpers-run-") as tmp:
         try:

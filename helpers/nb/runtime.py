@@ -67,6 +67,14 @@ def is_headless() -> bool:
 PROGRESS_ENV = "HELPERS_PROGRESS_TO"  # where headless bars draw live: the runner's stderr
 
 
+def draw_progress_here() -> None:
+    """Let headless notebooks started from this process draw their bars live on its stderr
+    (``$HELPERS_PROGRESS_TO`` := ``/proc/<pid>/fd/2``), unless a caller already chose where."""
+    terminal = Path(f"/proc/{os.getpid()}/fd/2")
+    if terminal.exists() and PROGRESS_ENV not in os.environ:
+        os.environ[PROGRESS_ENV] = str(terminal)
+
+
 def _live_stream() -> Any:
     """The runner's terminal (``$HELPERS_PROGRESS_TO``) opened for appending, or None."""
     target = os.environ.get(PROGRESS_ENV)

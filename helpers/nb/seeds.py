@@ -6,6 +6,9 @@ collects the numeric metrics it marks as headline, and writes them as the ``[see
 table at the end of ``<stem>.toml``, with the profile, the seeds and the date. The run summary
 (:mod:`helpers.nb.run`) and the report index then show each headline number with its
 seed-to-seed standard deviation, so a reader can tell a difference from noise.
+
+Each finished seed is kept in the shared cache (:func:`seed_run_path`), so a run that is
+killed part-way (a notebook can take half an hour per seed) resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import argparse
 import datetime
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from helpers.nb import atomic_write_text
 from helpers.nb.profiles import check_profile, config_path
+from helpers.nb.runtime import draw_progress_here
 
 SECTION = "seed_spread"
 
@@ -128,27 +134,82 @@ def write_spread(notebook: str | Path, spread: SeedSpread) -> Path:
     return path
 
 
-def measure(notebook: Path, profile: str, seeds: list[int]) -> SeedSpread:
-    """Run ``notebook`` once per seed (reports in a temporary folder) and collect its numeric
-    headline metrics; a failed run raises with its error."""
-    from helpers.nb import run
+def _machine() -> dict[str, Any]:
+    """What makes one seed's numbers differ between machines: the CPU model, whether its
+    bfloat16 is fast (the ``bf16`` switches fall back to float32 where it is not), the GPU,
+    PyTorch's version."""
+    import platform
 
+    import torch
+
+    from helpers.training import bf16_is_fast
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = ([line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+               if line.startswith("model name")] if cpuinfo.exists() else [])
+    return {"cpu": models[0] if models else platform.processor(),
+            "cpu_bf16_fast": bf16_is_fast(torch.device("cpu")),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__}
+
+
+def seed_run_path(notebook: Path, profile: str, seed: int) -> Path:
+    """Where one finished seed's headline metrics are kept (the shared cache, ``seed-runs``),
+    named by a key of everything its numbers depend on: the notebook, its TOML's values (not
+    the ``[seed_spread]`` table), every ``helpers`` source file, ``DATA_DIR``, the machine. A
+    killed ``make seeds`` therefore resumes at the first seed it had not finished, and any
+    change starts afresh."""
+    from helpers.nb import PROJECT_ROOT
+    from helpers.nb.cache import cache_dir, cache_key, file_fingerprint
+
+    path = config_path(notebook)
+    config = tomllib.loads(path.read_text()) if path.exists() else {}
+    config.pop(SECTION, None)  # its values, not its comments or the spread table
+    sources = [file_fingerprint(f) | {"file": str(f.relative_to(PROJECT_ROOT))}
+               for f in sorted((PROJECT_ROOT / "helpers").rglob("*.py"))]
+    name = f"{notebook.parent.name}-{notebook.stem}"
+    key = cache_key(name, profile, seed, file_fingerprint(notebook)["sha256"], config, sources,
+                    os.environ.get("DATA_DIR"), _machine())
+    return cache_dir("seed-runs") / f"{name}-{profile}-seed{seed}-{key}.json"
+
+
+def run_seed(notebook: Path, profile: str, seed: int, report_root: Path) -> dict[str, float]:
+    """The numeric headline metrics of ``notebook`` run with ``seed``: read back when this
+    machine already finished that run, else measured (report under ``report_root``) and kept.
+    A failed run raises with its error."""
+    from helpers.nb import run
+    from helpers.nb.cache import atomic_path
+
+    kept = seed_run_path(notebook, profile, seed)
+    if kept.exists():
+        entry = json.loads(kept.read_text())
+        print(f"seed {seed}: finished on {entry['measured']} ({entry['seconds']:.0f} s), "
+              f"read back from {kept}", flush=True)
+        return entry["headline"]
+    result = run.run_notebook(notebook, profile, seed=seed,
+                              root=notebook.resolve().parents[1], report_root=report_root)
+    if result.status != "ok":
+        raise RuntimeError(f"{notebook} with seed {seed}: {result.error}")
+    headline = {name: float(value) for name in result.headline
+                if isinstance(value := result.metrics.get(name), int | float)
+                and not isinstance(value, bool)}
+    with atomic_path(kept) as tmp:
+        tmp.write_text(json.dumps({"measured": datetime.date.today().isoformat(),
+                                   "seconds": result.seconds, "headline": headline}, indent=1))
+    print(f"seed {seed}: {result.seconds:.0f} s, "
+          + ", ".join(f"{k} = {v:.4g}" for k, v in headline.items()), flush=True)
+    return headline
+
+
+def measure(notebook: Path, profile: str, seeds: list[int]) -> SeedSpread:
+    """Run ``notebook`` once per seed (reports in a temporary folder; seeds this machine
+    already ran are read back, :func:`run_seed`) and collect its numeric headline metrics."""
     check_profile(profile)
-    values: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:
-        for seed in seeds:
-            result = run.run_notebook(notebook, profile, seed=seed,
-                                      root=notebook.resolve().parents[1], report_root=Path(tmp))
-            if result.status != "ok":
-                raise RuntimeError(f"{notebook} with seed {seed}: {result.error}")
-            for name in result.headline:
-                value = result.metrics.get(name)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    values.setdefault(name, []).append(float(value))
-            print(f"seed {seed}: {result.seconds:.0f} s, "
-                  + ", ".join(f"{k} = {v[-1]:.4g}" for k, v in values.items()), flush=True)
+        runs = [run_seed(notebook, profile, seed, Path(tmp)) for seed in seeds]
     return SeedSpread(profile, tuple(seeds), datetime.date.today().isoformat(),
-                      {k: tuple(v) for k, v in values.items() if len(v) == len(seeds)})
+                      {k: tuple(r[k] for r in runs) for k in runs[0]
+                       if all(k in r for r in runs)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="small")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args(argv)
+    draw_progress_here()  # the notebooks' bars draw live on this terminal
     for notebook in args.notebooks:
         spread = measure(notebook, args.profile, args.seeds)
         path = write_spread(notebook, spread)
