@@ -1,6 +1,7 @@
 """helpers.nb.seeds: headline metrics over seeds, kept in the notebook's TOML, shown in the
 summary beside each number."""
 
+import json
 import tomllib
 
 import pytest
@@ -53,6 +54,12 @@ def test_finished_seeds_are_read_back_until_an_input_changes(seeded, monkeypatch
     assert capsys.readouterr().out.count("read back from") == 2
     kept = seeds.seed_run_path(seeded, "smoke", 3)
     assert kept.exists() and kept.name.startswith("hw-s-seeded-smoke-seed3-")
+
+    # the date is the day the last seed finished, not the day the table is rewritten
+    for seed, day in ((3, "2026-01-02"), (4, "2026-01-05")):
+        path = seeds.seed_run_path(seeded, "smoke", seed)
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"measured": day}))
+    assert seeds.measure(seeded, "smoke", [3, 4]).measured == "2026-01-05"
 
     config = seeded.with_suffix(".toml")
     config.write_text(config.read_text().replace("steps = 1", "steps = 5"))

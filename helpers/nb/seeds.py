@@ -173,10 +173,11 @@ def seed_run_path(notebook: Path, profile: str, seed: int) -> Path:
     return cache_dir("seed-runs") / f"{name}-{profile}-seed{seed}-{key}.json"
 
 
-def run_seed(notebook: Path, profile: str, seed: int, report_root: Path) -> dict[str, float]:
-    """The numeric headline metrics of ``notebook`` run with ``seed``: read back when this
-    machine already finished that run, else measured (report under ``report_root``) and kept.
-    A failed run raises with its error."""
+def run_seed(notebook: Path, profile: str, seed: int,
+             report_root: Path) -> tuple[str, dict[str, float]]:
+    """The ISO date ``notebook`` finished with ``seed`` and its numeric headline metrics: read
+    back when this machine already finished that run, else measured (report under
+    ``report_root``) and kept. A failed run raises with its error."""
     from helpers.nb import run
     from helpers.nb.cache import atomic_path
 
@@ -185,7 +186,7 @@ def run_seed(notebook: Path, profile: str, seed: int, report_root: Path) -> dict
         entry = json.loads(kept.read_text())
         print(f"seed {seed}: finished on {entry['measured']} ({entry['seconds']:.0f} s), "
               f"read back from {kept}", flush=True)
-        return entry["headline"]
+        return entry["measured"], entry["headline"]
     result = run.run_notebook(notebook, profile, seed=seed,
                               root=notebook.resolve().parents[1], report_root=report_root)
     if result.status != "ok":
@@ -193,21 +194,24 @@ def run_seed(notebook: Path, profile: str, seed: int, report_root: Path) -> dict
     headline = {name: float(value) for name in result.headline
                 if isinstance(value := result.metrics.get(name), int | float)
                 and not isinstance(value, bool)}
+    measured = datetime.date.today().isoformat()
     with atomic_path(kept) as tmp:
-        tmp.write_text(json.dumps({"measured": datetime.date.today().isoformat(),
-                                   "seconds": result.seconds, "headline": headline}, indent=1))
+        tmp.write_text(json.dumps({"measured": measured, "seconds": result.seconds,
+                                   "headline": headline}, indent=1))
     print(f"seed {seed}: {result.seconds:.0f} s, "
           + ", ".join(f"{k} = {v:.4g}" for k, v in headline.items()), flush=True)
-    return headline
+    return measured, headline
 
 
 def measure(notebook: Path, profile: str, seeds: list[int]) -> SeedSpread:
     """Run ``notebook`` once per seed (reports in a temporary folder; seeds this machine
-    already ran are read back, :func:`run_seed`) and collect its numeric headline metrics."""
+    already ran are read back, :func:`run_seed`) and collect its numeric headline metrics.
+    The spread's date is the day its last seed finished, also when every seed is read back."""
     check_profile(profile)
     with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:
-        runs = [run_seed(notebook, profile, seed, Path(tmp)) for seed in seeds]
-    return SeedSpread(profile, tuple(seeds), datetime.date.today().isoformat(),
+        finished = [run_seed(notebook, profile, seed, Path(tmp)) for seed in seeds]
+    runs = [headline for _, headline in finished]
+    return SeedSpread(profile, tuple(seeds), max(day for day, _ in finished),
                       {k: tuple(r[k] for r in runs) for k in runs[0]
                        if all(k in r for r in runs)})
 
