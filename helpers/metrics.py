@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -181,31 +182,64 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     return out
 
 
+def _bleu_statistics(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                     n: int) -> np.ndarray:
+    """What corpus BLEU-n pools, per image: the clipped matches of 1..n-grams, their counts,
+    the caption's length and its closest reference length, ``(images, 2 n + 2)``."""
+    from nltk.translate.bleu_score import closest_ref_length, modified_precision
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} captions for {len(references)} reference sets")
+    rows = []
+    for prediction, refs in zip(predictions, references, strict=True):
+        hypothesis, ref_tokens = _caption_tokens(prediction), [_caption_tokens(r) for r in refs]
+        precisions = [modified_precision(ref_tokens, hypothesis, i) for i in range(1, n + 1)]
+        rows.append([p.numerator for p in precisions] + [p.denominator for p in precisions]
+                    + [len(hypothesis), closest_ref_length(ref_tokens, len(hypothesis))])
+    return np.array(rows, dtype=float).reshape(len(rows), 2 * n + 2)
+
+
+def _bleu_from_statistics(totals: np.ndarray, n: int) -> float:
+    """Corpus BLEU-n from the pooled counts of :func:`_bleu_statistics`, ``(2 n + 2,)``:
+    uniform weights, brevity penalty, no smoothing (0 when an n-gram order has no match)."""
+    matches, counts = totals[:n], totals[n:2 * n]
+    caption_length, reference_length = totals[2 * n], totals[2 * n + 1]
+    if (matches == 0).any():
+        return 0.0
+    brevity = (1.0 if caption_length > reference_length
+               else math.exp(1 - reference_length / caption_length))
+    return float(brevity * math.exp(np.log(matches / counts).mean()))
+
+
 def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
                 n: int = 4) -> float:
     """Corpus-level BLEU-n against all references (the COCO-caption way: clipped n-gram counts,
     each clipped by its largest count in any one reference, pooled over the corpus; closest
-    reference length for the brevity penalty; uniform weights over 1..n-grams), no smoothing."""
-    import warnings
-
-    from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
-
-    with warnings.catch_warnings():  # a zero n-gram count is a legitimate BLEU of 0 here
-        warnings.simplefilter("ignore", UserWarning)
-        return float(nltk_corpus_bleu(
-            [[_caption_tokens(r) for r in refs] for refs in references],
-            [_caption_tokens(p) for p in predictions], weights=tuple([1.0 / n] * n)))
+    reference length for the brevity penalty; uniform weights over 1..n-grams), no smoothing;
+    nltk's ``corpus_bleu`` computed from per-image counts (tested against it)."""
+    return _bleu_from_statistics(_bleu_statistics(predictions, references, n).sum(axis=0), n)
 
 
 def corpus_bleu_se(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                   n: int = 4, resamples: int = 200, seed: int = 0) -> float:
+                   n: int = 4, resamples: int = 200, seed: int = 0,
+                   baseline: Sequence[str] | None = None) -> float:
     """Bootstrap standard error of :func:`corpus_bleu`: the images (a prediction with its
     references) are resampled with replacement ``resamples`` times (seeded), and the standard
-    deviation of the resampled corpus BLEU-n is returned."""
+    deviation of the resampled corpus BLEU-n is returned. With ``baseline`` (another model's
+    captions of the same images) it is the paired SE of corpus BLEU-n(predictions) minus
+    corpus BLEU-n(baseline), both scored on each resample. The per-image counts are computed
+    once, so a resample costs a sum."""
+    if baseline is not None and len(baseline) != len(predictions):
+        raise ValueError(f"baseline has {len(baseline)} captions, predictions "
+                         f"{len(predictions)}: they must caption the same images")
+    statistics = [_bleu_statistics(captions, references, n)
+                  for captions in (predictions, baseline) if captions is not None]
     rng = np.random.default_rng(seed)
     count = len(predictions)
-    draws = [rng.integers(0, count, count) for _ in range(resamples)]
-    values = [corpus_bleu([predictions[i] for i in rows], [references[i] for i in rows], n)
-              for rows in draws]
+    values = []
+    for _ in range(resamples):
+        rows = rng.integers(0, count, count)
+        scores = [_bleu_from_statistics(table[rows].sum(axis=0), n) for table in statistics]
+        values.append(scores[0] - sum(scores[1:]))
     return float(np.std(values, ddof=1))
 

@@ -82,6 +82,49 @@ def test_corpus_bleu():
     assert bleu1 == pytest.approx(4 / 5 * math.exp(1 - 9 / 5))
 
 
+def _random_captions(seed: int, count: int) -> tuple[list[str], list[list[str]]]:
+    """Captions and 1-5 references of random lengths (0-12 words) over a 4-word vocabulary,
+    so that matches, misses, long and short captions and empty ones all occur."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["a", "dog", "runs", "on"]
+
+    def caption() -> str:
+        return " ".join(rng.choices(words, k=rng.randint(0, 12)))
+
+    return ([caption() for _ in range(count)],
+            [[caption() for _ in range(rng.randint(1, 5))] for _ in range(count)])
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_corpus_bleu_equals_nltk(n):
+    """Pooled from per-image counts, it equals nltk's corpus_bleu (no smoothing), including
+    corpora with no 4-gram match, where nltk's tiny float and our exact 0 agree."""
+    from nltk.translate.bleu_score import corpus_bleu
+
+    for seed in range(20):
+        preds, refs = _random_captions(seed, count=1 + seed)
+        expected = corpus_bleu([[r.split() for r in rs] for rs in refs],
+                               [p.split() for p in preds], weights=(1 / n,) * n)
+        assert metrics.corpus_bleu(preds, refs, n) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="3 captions for 2 reference sets"):
+        metrics.corpus_bleu(["a", "b", "c"], [["a"], ["b"]])
+
+
+def test_corpus_bleu_se_equals_resampling_whole_corpora():
+    """The bootstrap from per-image counts equals scoring each resampled corpus afresh."""
+    import numpy as np
+
+    preds, refs = _random_captions(seed=7, count=40)
+    rng = np.random.default_rng(5)
+    draws = [rng.integers(0, 40, 40) for _ in range(30)]
+    expected = np.std([metrics.corpus_bleu([preds[i] for i in rows], [refs[i] for i in rows], 2)
+                       for rows in draws], ddof=1)
+    assert metrics.corpus_bleu_se(preds, refs, n=2, resamples=30, seed=5) == pytest.approx(
+        expected, rel=1e-12)
+
+
 # ---------------------------------------------------------------------------- captioning
 
 def test_corpus_bleu_se_bootstrap():
@@ -96,6 +139,26 @@ def test_corpus_bleu_se_bootstrap():
     se_twice = metrics.corpus_bleu_se(preds * 2, refs * 2, n=2, resamples=400)
     assert se > 0.02
     assert se_twice == pytest.approx(se / math.sqrt(2), rel=0.25)
+
+
+def test_corpus_bleu_se_of_a_difference_is_paired():
+    """Against itself the difference never moves; against captions that share no word with
+    any reference (BLEU 0 on every resample) it is the SE of the predictions alone; a baseline
+    whose captions lose their first word moves with the predictions image by image, so the
+    paired SE is below the SE of either alone."""
+    refs = [["a dog runs on the grass"], ["two kids swim in a pool"], ["a man rides a bike"],
+            ["a girl in a red dress"], ["a black dog jumps"], ["people walk on a street"]]
+    preds = ["a dog runs on grass", "kids swim in the pool", "a man rides a red bike",
+             "a girl in a dress", "a dog jumps", "people on a street"]
+    se = metrics.corpus_bleu_se(preds, refs, n=2, seed=3)
+    assert metrics.corpus_bleu_se(preds, refs, n=2, seed=3, baseline=preds) == 0.0
+    unrelated = ["zebra"] * len(preds)
+    assert metrics.corpus_bleu_se(preds, refs, n=2, seed=3, baseline=unrelated) == se
+    shorter = [p.split(" ", 1)[1] for p in preds]
+    paired = metrics.corpus_bleu_se(preds, refs, n=2, seed=3, baseline=shorter)
+    assert 0 < paired < min(se, metrics.corpus_bleu_se(shorter, refs, n=2, seed=3)) / 2
+    with pytest.raises(ValueError, match="same images"):
+        metrics.corpus_bleu_se(preds, refs, baseline=preds[:2])
 
 
 def test_clean_caption_and_subject():
