@@ -100,6 +100,20 @@ def test_spread_sentence_gives_each_sd_or_says_it_was_not_measured(seeded):
     assert "not measured" in seeds.spread_sentence("small", {"missing": "m"}, seeded)
 
 
+def test_target_sentence_counts_the_seeds_that_meet_the_target(seeded):
+    assert seeds.target_sentence("small", "score", "the score", 0.6, notebook=seeded) == ""
+    seeds.write_spread(seeded, seeds.SeedSpread(
+        "small", (0, 1, 2), "2026-01-02", {"score": (0.5, 0.6, 0.7)}))
+    assert seeds.target_sentence("small", "score", "the score", 0.6, notebook=seeded) == (
+        "Over seeds 0, 1, 2 (at `small`, 2026-01-02) the score was 0.500 / 0.600 / 0.700: "
+        "the target of 0.6 is met by 2 of 3 seeds.")
+    lower = seeds.target_sentence("small", "score", "the loss", 0.55, higher_is_better=False,
+                                  notebook=seeded, fmt=".2f")
+    assert lower.endswith("was 0.50 / 0.60 / 0.70: the target of 0.55 is met by 1 of 3 seeds.")
+    assert seeds.target_sentence("smoke", "score", "the score", 0.6, notebook=seeded) == ""
+    assert seeds.target_sentence("small", "missing", "m", 0.6, notebook=seeded) == ""
+
+
 def test_difference_se_is_the_larger_of_the_sample_se_and_the_seed_spread():
     spread = seeds.SeedSpread("small", (0, 1, 2), "2026-01-02", {
         "a": (0.5, 0.6, 0.7), "b": (0.2, 0.2, 0.2), "a_shifted": (0.4, 0.5, 0.6)})

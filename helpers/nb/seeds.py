@@ -103,6 +103,23 @@ def spread_sentence(profile: str, labels: dict[str, str], notebook: str | Path |
             f"{spread.measured}), the standard deviation from seed to seed is {listed}.")
 
 
+def target_sentence(profile: str, metric: str, label: str, target: float, *,
+                    higher_is_better: bool = True, notebook: str | Path | None = None,
+                    fmt: str = ".3f") -> str:
+    """One sentence for a discussion: ``metric``'s value on each seed of the ``[seed_spread]``
+    table and how many of them meet ``target`` (at least it, or at most it with
+    ``higher_is_better=False``); ``""`` when ``metric`` was not measured over seeds at
+    ``profile``, so that one run's number is not presented as the notebook's."""
+    spread = measured_spread(profile, notebook)
+    values = spread.values.get(metric) if spread is not None else None
+    if not values:
+        return ""
+    met = sum(v >= target if higher_is_better else v <= target for v in values)
+    return (f"Over seeds {', '.join(map(str, spread.seeds))} (at `{profile}`, "
+            f"{spread.measured}) {label} was {' / '.join(f'{v:{fmt}}' for v in values)}: "
+            f"the target of {target:g} is met by {met} of {len(values)} seeds.")
+
+
 def spread_text(spread: SeedSpread) -> str:
     """The ``[seed_spread]`` TOML table of ``spread`` (with a comment saying how to redo it)."""
     lines = [f"[{SECTION}]",
