@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from helpers.nb import run, seeds
+from helpers.nb import run, runtime, seeds
 from tests.test_run import _notebook
 
 TOML = "# a question\n[smoke]\nsteps = 1\n\n[small]\nsteps = 2\n\n[full]\nsteps = 3\n"
@@ -39,6 +39,36 @@ def test_measure_writes_the_spread_and_the_summary_shows_it(seeded, tmp_path):
     assert "score = 0.5 ± 0.1 (3 seeds)" in summary and "name = gru;" not in summary
     run.write_summary([result], "small", report_root=tmp_path / "reports")  # other profile
     assert "±" not in (tmp_path / "reports" / "small" / "summary.md").read_text().split("|")[-2]
+
+
+def test_a_run_with_overrides_shows_no_spread(seeded, tmp_path):
+    seeds.write_spread(seeded, seeds.SeedSpread("smoke", (0, 1, 2), "2026-01-02",
+                                                {"score": (0.5, 0.6, 0.7)}))
+    result = run.run_notebook(seeded, "smoke", overrides={"steps": 5},
+                              root=tmp_path / "notebooks", report_root=tmp_path / "reports")
+    assert result.status == "ok" and result.overrides == {"steps": 5}
+    run.write_summary([result], "smoke", report_root=tmp_path / "reports")
+    summary = (tmp_path / "reports" / "smoke" / "summary.md").read_text()
+    row = summary.split("|")[-2]
+    assert row == " score = 0.5; name = gru (overrides: steps=5) " and "±" not in row
+    assert json.loads((tmp_path / "reports" / "smoke" / "summary.json").read_text())[
+        "notebooks"][0]["seed_sd"] == {}
+
+
+def test_the_running_notebooks_overrides_hide_its_spread(seeded):
+    seeds.write_spread(seeded, seeds.SeedSpread("small", (0, 1, 2), "2026-01-02",
+                                                {"score": (0.5, 0.6, 0.7)}))
+    labels = {"score": "the score"}
+    runtime.setup("small", 0, overrides={"steps": 5}, notebook=seeded)
+    assert runtime.overridden_keys(seeded) == ("steps",)
+    assert seeds.measured_spread("small", seeded) is None
+    assert seeds.target_sentence("small", "score", "the score", 0.6, notebook=seeded) == ""
+    assert seeds.spread_sentence("small", labels, seeded).startswith(
+        "This run overrides `steps`, so no seed-to-seed spread applies")
+    runtime.setup("small", 0, overrides={"steps": 2}, notebook=seeded)  # the profile's value
+    assert runtime.overridden_keys(seeded) == ()
+    assert seeds.measured_spread("small", seeded).sd("score") == pytest.approx(0.1)
+    assert "0.100 for the score" in seeds.spread_sentence("small", labels, seeded)
 
 
 def test_finished_seeds_are_read_back_until_an_input_changes(seeded, monkeypatch, capsys):

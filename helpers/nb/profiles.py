@@ -69,10 +69,12 @@ def table(question: str | Path) -> dict[str, dict[str, Any]]:
 class Config(dict):
     """A profile's values for one question, readable as ``cfg.key`` or ``cfg["key"]``."""
 
-    def __init__(self, question: str, profile: str, values: Mapping[str, Any]):
+    def __init__(self, question: str, profile: str, values: Mapping[str, Any],
+                 overridden: tuple[str, ...] = ()):
         super().__init__(values)
         self.question = question
         self.profile = profile
+        self.overridden = overridden  # keys whose values overrides changed from the profile's
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -109,6 +111,7 @@ def config(question: str | Path, profile: str, **overrides: Any) -> Config:
         raise ValueError(
             f"unknown override key(s) {unknown} for {question!r}; valid keys: {sorted(values)}"
         )
+    defaults = dict(values)
     for key, new in overrides.items():
         old = values[key]
         ok = isinstance(new, type(old)) or (isinstance(old, float) and isinstance(new, int))
@@ -120,4 +123,5 @@ def config(question: str | Path, profile: str, **overrides: Any) -> Config:
                 f"expected {type(old).__name__} like the default {old!r}"
             )
         values[key] = float(new) if isinstance(old, float) else new
-    return Config(question, profile, values)
+    changed = tuple(key for key in overrides if values[key] != defaults[key])
+    return Config(question, profile, values, changed)

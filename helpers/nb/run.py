@@ -61,6 +61,7 @@ class NotebookResult:
     error: str | None = None
     headline: list[str] = field(default_factory=list)  # metrics marked headline
     threads: int = 0  # CPU threads it was given (0: not recorded)
+    overrides: dict[str, Any] = field(default_factory=dict)  # config values the run changed
 
 
 def discover(root: Path = NOTEBOOK_DIR, only: str | None = None) -> list[Path]:
@@ -146,16 +147,17 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
         if figures_partial.exists():
             os.replace(figures_partial, figures)
         return NotebookResult(_relative(path), "ok", time.perf_counter() - start,
-                              _relative(out), metrics, headline=headline)
+                              _relative(out), metrics, headline=headline,
+                              overrides=parameters["overrides"])
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the run goes on
         for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
             stale.unlink(missing_ok=True)  # an older report would contradict the summary
         shutil.rmtree(figures, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt):
             return NotebookResult(_relative(path), "interrupted", time.perf_counter() - start,
-                                  error="interrupted")
+                                  error="interrupted", overrides=parameters["overrides"])
         return NotebookResult(_relative(path), "failed", time.perf_counter() - start,
-                              error=_error_text(exc))
+                              error=_error_text(exc), overrides=parameters["overrides"])
     finally:
         partial.unlink(missing_ok=True)
         shutil.rmtree(figures_partial, ignore_errors=True)
@@ -179,7 +181,8 @@ def write_summary(results: list[NotebookResult], profile: str,
     previous.update({r.notebook: asdict(r) for r in results})
     rows = [previous[k] for k in sorted(previous)]
     for r in rows:
-        r["seed_sd"] = seed_sd_of(r["notebook"], profile)
+        # a spread measured with the profile's values says nothing of overridden ones
+        r["seed_sd"] = {} if r.get("overrides") else seed_sd_of(r["notebook"], profile)
     payload = {"profile": profile, "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
                "last_run": run_info or {}, "notebooks": rows}
     atomic_write_text(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
@@ -198,6 +201,8 @@ def write_summary(results: list[NotebookResult], profile: str,
         names = r.get("headline") or list(r["metrics"])
         shown = "; ".join(f"{k} = {_fmt(r['metrics'][k])}{_fmt_sd(r['seed_sd'], k)}"
                           for k in names)
+        if r.get("overrides"):
+            shown += f" (overrides: {_fmt_overrides(r['overrides'])})"
         if r["status"] != "ok":
             shown = f"**{r['error']}**"
         lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {shown} |")
@@ -215,6 +220,10 @@ def seed_sd_of(notebook: str, profile: str) -> dict[str, dict[str, Any]]:
         return {}
     return {name: {"sd": spread.sd(name), "seeds": len(spread.seeds),
                    "measured": spread.measured} for name in spread.values}
+
+
+def _fmt_overrides(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
 
 
 def _fmt_sd(seed_sd: dict[str, dict[str, Any]], name: str) -> str:

@@ -215,6 +215,17 @@ class Session:
         return time.perf_counter() - self.started
 
 
+_OVERRIDDEN: dict[Path, tuple[str, ...]] = {}  # notebook -> keys its last setup overrode
+
+
+def overridden_keys(notebook: str | Path | None = None) -> tuple[str, ...]:
+    """The config keys whose values this process's last ``setup`` of ``notebook`` (default:
+    the running one) changed through ``overrides``; ``()`` when none did or before ``setup``.
+    A number measured with the profile's own values (a seed spread) does not describe them."""
+    path = Path(notebook) if notebook is not None else current_notebook()
+    return _OVERRIDDEN.get(path.resolve().with_suffix(".ipynb"), ())
+
+
 def setup(profile: str, seed: int, device: str = "auto", overrides: dict | None = None,
           notebook: str | Path | None = None) -> Session:
     """The setup of a notebook: its config at ``profile`` (from ``<stem>.toml`` beside it,
@@ -227,6 +238,7 @@ def setup(profile: str, seed: int, device: str = "auto", overrides: dict | None 
 
     path = Path(notebook) if notebook is not None else current_notebook()
     cfg = profiles.config(path.with_suffix(".ipynb"), profile, **dict(overrides or {}))
+    _OVERRIDDEN[path.resolve().with_suffix(".ipynb")] = cfg.overridden
     generator = seed_everything(seed)
     dev = resolve_device(device)
     _apply_threads(cfg.get("torch_threads"))

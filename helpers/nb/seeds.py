@@ -63,11 +63,15 @@ def read_spread(notebook: str | Path) -> SeedSpread | None:
 
 def measured_spread(profile: str, notebook: str | Path | None = None) -> SeedSpread | None:
     """The ``[seed_spread]`` table of ``notebook`` (default: the running one) if it was measured
-    at ``profile``, else ``None``: a spread measured at one profile says nothing of another."""
+    at ``profile`` and this process's ``runtime.setup`` of it overrode no value, else ``None``:
+    a spread measured with one profile's values says nothing of other values."""
     from helpers.nb import runtime
 
-    spread = read_spread(notebook if notebook is not None else runtime.current_notebook())
-    return spread if spread is not None and spread.profile == profile else None
+    path = notebook if notebook is not None else runtime.current_notebook()
+    spread = read_spread(path)
+    if spread is None or spread.profile != profile or runtime.overridden_keys(path):
+        return None
+    return spread
 
 
 def difference_se(se: float, spread: SeedSpread | None, metric_a: str | None,
@@ -92,7 +96,14 @@ def spread_sentence(profile: str, labels: dict[str, str], notebook: str | Path |
     metric in ``labels`` (metric name -> words for it) from the notebook's ``[seed_spread]``
     table, or that it was not measured at ``profile``. ``notebook`` defaults to the running one.
     """
-    spread = measured_spread(profile, notebook)
+    from helpers.nb import runtime
+
+    path = notebook if notebook is not None else runtime.current_notebook()
+    if changed := runtime.overridden_keys(path):
+        return (f"This run overrides {', '.join(f'`{k}`' for k in changed)}, so no seed-to-seed "
+                f"spread applies to it (any spread kept for `{profile}` was measured with the "
+                "profile's own values).")
+    spread = measured_spread(profile, path)
     if spread is None or not labels.keys() <= spread.values.keys():
         return (f"The seed-to-seed spread of these numbers was not measured at `{profile}` "
                 "(`make seeds` measures it).")
