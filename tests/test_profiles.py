@@ -32,6 +32,9 @@ def test_overrides_apply_and_are_type_checked():
         config(TA, "smoke", copy_epochs=True)
     with pytest.raises(AttributeError, match="no key"):
         _ = cfg.not_a_key
+    assert cfg.overridden == ("copy_epochs", "copy_lr_factor")
+    default = config(TA, "smoke").copy_epochs
+    assert config(TA, "smoke", copy_epochs=default).overridden == ()  # the profile's own value
 
 
 def test_overrides_do_not_leak_into_the_table():
@@ -69,3 +72,10 @@ def test_a_notebook_path_names_the_toml_beside_it(tmp_path):
     assert cfg.question == "mine" and cfg.n == 2
     with pytest.raises(ValueError, match="no config missing.toml"):
         config(tmp_path / "missing.ipynb", "smoke")
+
+
+@pytest.mark.parametrize("question", questions())
+def test_every_smoke_profile_runs_on_one_thread(question):
+    """Smoke models are tiny: a second thread gains nothing, and beside another job two threads
+    spin on 2 cores (Q5's smoke run took 78 s instead of 16 s beside a two-thread job)."""
+    assert table(question)["smoke"].get("torch_threads") == 1
