@@ -53,6 +53,11 @@ def test_a_run_with_overrides_shows_no_spread(seeded, tmp_path):
     assert row == " score = 0.5; name = gru (overrides: steps=5) " and "±" not in row
     assert json.loads((tmp_path / "reports" / "smoke" / "summary.json").read_text())[
         "notebooks"][0]["seed_sd"] == {}
+    same = run.run_notebook(seeded, "smoke", overrides={"steps": 1},  # the profile's value
+                            root=tmp_path / "notebooks", report_root=tmp_path / "reports")
+    run.write_summary([same], "smoke", report_root=tmp_path / "reports")
+    assert "score = 0.5 ± 0.1 (3 seeds)" in (tmp_path / "reports" / "smoke" / "summary.md"
+                                             ).read_text()
 
 
 def test_the_running_notebooks_overrides_hide_its_spread(seeded):

@@ -182,7 +182,8 @@ def write_summary(results: list[NotebookResult], profile: str,
     rows = [previous[k] for k in sorted(previous)]
     for r in rows:
         # a spread measured with the profile's values says nothing of overridden ones
-        r["seed_sd"] = {} if r.get("overrides") else seed_sd_of(r["notebook"], profile)
+        r["seed_sd"] = ({} if _changes_config(r["notebook"], profile, r.get("overrides"))
+                        else seed_sd_of(r["notebook"], profile))
     payload = {"profile": profile, "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
                "last_run": run_info or {}, "notebooks": rows}
     atomic_write_text(summary_json, json.dumps(payload, indent=2, ensure_ascii=False))
@@ -220,6 +221,19 @@ def seed_sd_of(notebook: str, profile: str) -> dict[str, dict[str, Any]]:
         return {}
     return {name: {"sd": spread.sd(name), "seeds": len(spread.seeds),
                    "measured": spread.measured} for name in spread.values}
+
+
+def _changes_config(notebook: str, profile: str, overrides: dict[str, Any] | None) -> bool:
+    """Whether ``overrides`` change any of ``notebook``'s values at ``profile``, as
+    ``runtime.setup`` judges it (``Config.overridden``); an override it refuses counts."""
+    from helpers.nb import profiles
+
+    if not overrides:
+        return False
+    try:
+        return bool(profiles.config(PROJECT_ROOT / notebook, profile, **overrides).overridden)
+    except ValueError:
+        return True
 
 
 def _fmt_overrides(overrides: dict[str, Any]) -> str:
