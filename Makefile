@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PROFILE ?= small
 PORT ?= 8888
 JOBS ?= auto
+# RESUME=1: run-all keeps every report made with the same key and runs only the others.
+RESUME ?=
 # Offline data: ../shared/data when it exists and DATA_DIR is unset (absolute, so that
 # kernels started in other folders see the same path).
 DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
@@ -16,7 +18,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 	distclean
 
 help:
-	@echo "make test | run-all [PROFILE=small] | run NB=notebooks/... [PROFILE=smoke] | seeds NB=... | lab"
+	@echo "make test | run-all [PROFILE=small] [JOBS=auto] [RESUME=1] | run NB=notebooks/... [PROFILE=smoke] | seeds NB=... | lab"
 	@echo "make html | pdf [PROFILE=small] | data [PROFILE=full] | bench | clean | clean-cache"
 	@echo "make distclean"
 
@@ -46,7 +48,7 @@ test: venv tools lint
 	$(PY) -m pytest
 
 run-all: venv tools
-	$(PY) -m helpers.nb.run --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m helpers.nb.run --profile $(PROFILE) --jobs $(JOBS) $(if $(filter 1 yes true,$(RESUME)),--resume)
 
 run: venv tools
 	@test -n "$(NB)" || { echo "usage: make run NB=notebooks/<assignment>/<name>.ipynb [PROFILE=smoke|small|full]"; exit 2; }

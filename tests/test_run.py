@@ -1,6 +1,8 @@
 """helpers.nb.run: papermill execution, atomic reports, summaries, parameter checks."""
 
+import contextlib
 import json
+import os
 
 import nbformat
 import pytest
@@ -236,3 +238,97 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_other_rows(tmp_path, stop):
     status = {r["notebook"].split("/")[-1]: r["status"] for r in summary["notebooks"]}
     assert status == {"quick.ipynb": "ok", "slow.ipynb": "interrupted"}
     assert summary["last_run"]["interrupted"] is True
+
+
+COUNTED = """from helpers.nb import report
+with open(r'{runs}', 'a') as f:
+    f.write('x')
+report.record('value', {value}, headline=True)"""
+
+
+def test_resume_keeps_reports_of_the_same_key_and_reruns_the_others(tmp_path, monkeypatch,
+                                                                     capsys):
+    root, reports = tmp_path / "notebooks", tmp_path / "reports"
+    runs = {name: tmp_path / f"{name}.runs" for name in ("same", "edited")}
+
+    def executions():
+        return {name: len(f.read_text()) if f.exists() else 0 for name, f in runs.items()}
+
+    for name in runs:
+        nb = _notebook(root / "hw" / f"{name}.ipynb", COUNTED.format(runs=runs[name], value=1))
+        nb.with_suffix(".toml").write_text(  # one thread each: the two run side by side
+            "\n".join(f"[{p}]\ntorch_threads = 1" for p in ("smoke", "small", "full")))
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", root)
+    monkeypatch.setattr(run, "REPORT_DIR", reports)
+    assert run.main(["--profile", "smoke"]) == 0
+    first = json.loads((reports / "smoke" / "summary.json").read_text())
+    assert executions() == {"same": 1, "edited": 1}
+
+    # nothing changed: both reports are kept, with their rows, and nothing runs
+    assert run.main(["--profile", "smoke", "--resume"]) == 0
+    assert executions() == {"same": 1, "edited": 1}
+    kept = json.loads((reports / "smoke" / "summary.json").read_text())
+    assert [r["kept"] is not None for r in kept["notebooks"]] == [True, True]
+    assert ([(r["metrics"], r["seconds"]) for r in kept["notebooks"]]
+            == [(r["metrics"], round(r["seconds"], 1)) for r in first["notebooks"]])
+    assert kept["last_run"]["kept"] == 2 and kept["last_run"]["notebooks"] == 0
+    assert "2 of 2 report(s) made earlier with the same key kept" in capsys.readouterr().out
+    assert "kept from" in (reports / "smoke" / "summary.md").read_text()
+
+    # an edited notebook, another seed and a malformed report each run again
+    _notebook(root / "hw" / "edited.ipynb", COUNTED.format(runs=runs["edited"], value=2))
+    assert run.main(["--profile", "smoke", "--resume"]) == 0
+    assert executions() == {"same": 1, "edited": 2}
+    rows = json.loads((reports / "smoke" / "summary.json").read_text())["notebooks"]
+    assert [(r["metrics"]["value"], r["kept"] is None) for r in rows] == [(2, True), (1, False)]
+    assert run.main(["--profile", "smoke", "--seed", "1", "--resume"]) == 0
+    assert executions() == {"same": 2, "edited": 3}
+    (reports / "smoke" / "hw" / "same.ipynb").write_text("{not json")
+    assert run.main(["--profile", "smoke", "--seed", "1", "--resume"]) == 0
+    assert executions() == {"same": 3, "edited": 3}
+    # without --resume everything runs
+    assert run.main(["--profile", "smoke", "--seed", "1"]) == 0
+    assert executions() == {"same": 4, "edited": 4}
+
+
+def test_a_killed_runner_leaves_its_finished_rows_and_resume_goes_on(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root, reports = tmp_path / "notebooks", tmp_path / "reports"
+    runs = tmp_path / "quick.runs"
+    _notebook(root / "hw" / "quick.ipynb", COUNTED.format(runs=runs, value=7))
+    _notebook(root / "hw" / "slow.ipynb", "import time\ntime.sleep(600)")
+    command = [sys.executable, "-m", "helpers.nb.run", "--profile", "smoke", "--jobs", "2",
+               "--notebook-root", str(root), "--report-root", str(reports)]
+    runner = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    summary, deadline = reports / "smoke" / "summary.json", time.time() + 180
+    while not summary.exists():  # written when the quick notebook finishes
+        assert runner.poll() is None and time.time() < deadline, runner.stdout.read()
+        time.sleep(0.5)
+    family = psutil.Process(runner.pid).children(recursive=True) + [psutil.Process(runner.pid)]
+    os.killpg(runner.pid, signal.SIGKILL)  # no handler runs: as when a session is closed
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    runner.wait(timeout=30)
+    rows = json.loads(summary.read_text())
+    assert rows["last_run"]["in_progress"] is True
+    assert [(r["notebook"].split("/")[-1], r["status"], r["metrics"]) for r in rows["notebooks"]
+            ] == [("quick.ipynb", "ok", {"value": 7})]
+    assert "stopped without finishing" in (reports / "smoke" / "summary.md").read_text()
+
+    _notebook(root / "hw" / "slow.ipynb", "from helpers.nb import report\nreport.record('y', 3)")
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 of 2 report(s) made earlier with the same key kept, 1 to run" in done.stdout
+    assert runs.read_text() == "x"  # the quick notebook did not run again
+    rows = json.loads(summary.read_text())
+    assert [(r["status"], r["kept"] is not None) for r in rows["notebooks"]] == [
+        ("ok", True), ("ok", False)]
+    assert "in_progress" not in rows["last_run"] and rows["last_run"]["kept"] == 1

@@ -19,7 +19,14 @@ one-thread notebook never leaves a core idle while others wait.
 Each notebook sets its own thread count, so its results equal a sequential run's.
 ``--jobs 1`` runs them one after another. Ctrl-C stops the run: the running notebooks'
 kernels are shut down, no partial file is left, the summary marks them ``interrupted`` and
-keeps every other notebook's row.
+keeps every other notebook's row. The summary is rewritten as each notebook finishes, so a
+runner killed outright (``kill -9``, a closed session) still leaves every finished row.
+
+Each report carries the key of what produced it (:func:`run_key`: the notebook, its TOML, every
+``helpers`` source, ``DATA_DIR``, the machine, the seed, device and overrides) in its metadata.
+``--resume`` keeps every report whose key still matches and runs only the others, so a long run
+that was stopped goes on where it stopped; a kept report's numbers are the ones a rerun would
+give (the run is seeded and deterministic), and its summary row says when it was made.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import ast
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import shutil
@@ -37,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,7 @@ from helpers.nb.report import FIGURE_DIR_ENV, headlines_from_notebook, metrics_f
 from helpers.nb.runtime import HEADLESS_ENV, NOTEBOOK_ENV, draw_progress_here, progress
 
 PARAMETERS = ("profile", "seed", "device", "overrides")
+RUN_METADATA = "helpers_run"  # report metadata: key of what produced it, its time and date
 
 
 @dataclass
@@ -62,6 +72,7 @@ class NotebookResult:
     headline: list[str] = field(default_factory=list)  # metrics marked headline
     threads: int = 0  # CPU threads it was given (0: not recorded)
     overrides: dict[str, Any] = field(default_factory=dict)  # config values the run changed
+    kept: str | None = None  # --resume: when the kept report was made (None: run now)
 
 
 def discover(root: Path = NOTEBOOK_DIR, only: str | None = None) -> list[Path]:
@@ -112,6 +123,80 @@ def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip()
 
 
+@functools.cache
+def machine() -> dict[str, Any]:
+    """What makes one seed's numbers differ between machines: the CPU model, whether its
+    bfloat16 is fast (the ``bf16`` switches fall back to float32 where it is not), the GPU,
+    PyTorch's version."""
+    import platform
+
+    import torch
+
+    from helpers.training import bf16_is_fast
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = ([line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+               if line.startswith("model name")] if cpuinfo.exists() else [])
+    return {"cpu": models[0] if models else platform.processor(),
+            "cpu_bf16_fast": bf16_is_fast(torch.device("cpu")),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__}
+
+
+def run_key(notebook: Path, profile: str, seed: int, *extra: Any) -> str:
+    """A key of everything a run's numbers depend on: the notebook's bytes, its TOML's values
+    (not its ``[seed_spread]`` table), every ``helpers`` source file, ``DATA_DIR``, the machine
+    (:func:`machine`), the profile and seed, and ``extra``. Equal keys give equal numbers."""
+    import tomllib
+
+    from helpers.nb.cache import cache_key, file_fingerprint
+    from helpers.nb.profiles import config_path
+    from helpers.nb.seeds import SECTION
+
+    path = config_path(notebook)
+    config = tomllib.loads(path.read_text()) if path.exists() else {}
+    config.pop(SECTION, None)  # its values, not its comments or the spread table
+    sources = [file_fingerprint(f) | {"file": str(f.relative_to(PROJECT_ROOT))}
+               for f in sorted((PROJECT_ROOT / "helpers").rglob("*.py"))]
+    name = f"{notebook.parent.name}-{notebook.stem}"
+    return cache_key(name, profile, seed, file_fingerprint(notebook)["sha256"], config, sources,
+                     os.environ.get("DATA_DIR"), machine(), *extra)
+
+
+def report_key(path: Path, profile: str, seed: int, device: str,
+               overrides: dict[str, Any]) -> str:
+    """:func:`run_key` of one report: with the device, the overrides and the notebook's
+    ``[seed_spread]`` table, which its discussion quotes."""
+    from helpers.nb.seeds import read_spread
+
+    spread = read_spread(path)
+    return run_key(path, profile, seed, device, dict(overrides),
+                   asdict(spread) if spread is not None else None)
+
+
+def kept_result(path: Path, profile: str = "small", seed: int = 0, device: str = "auto",
+                overrides: dict[str, Any] | None = None, root: Path = NOTEBOOK_DIR,
+                report_root: Path = REPORT_DIR) -> NotebookResult | None:
+    """The result of ``path``'s existing report when it was made with the key this run would
+    have (:func:`report_key`), read back from the report; ``None`` when there is no such
+    report (none, another key, or an unreadable file)."""
+    import nbformat
+
+    out = report_path(path, profile, root, report_root)
+    overrides = dict(overrides or {})
+    try:
+        executed = nbformat.read(out, as_version=4)
+        made = executed.metadata[RUN_METADATA]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    if made.get("key") != report_key(path, profile, seed, device, overrides):
+        return None
+    return NotebookResult(_relative(path), "ok", float(made["seconds"]), _relative(out),
+                          metrics_from_notebook(executed),
+                          headline=headlines_from_notebook(executed), overrides=overrides,
+                          kept=made["finished"])
+
+
 def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str = "auto",
                  overrides: dict[str, Any] | None = None, root: Path = NOTEBOOK_DIR,
                  report_root: Path = REPORT_DIR, timeout: int | None = None) -> NotebookResult:
@@ -136,18 +221,23 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
                        "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
     try:
         check_parameters(path, parameters)
+        key = report_key(path, profile, seed, device, parameters["overrides"])
         papermill.execute_notebook(
             _relative(path), _relative(partial), parameters=parameters, kernel_name="python3",
             progress_bar=False, cwd=str(path.parent), execution_timeout=timeout,
         )
         executed = nbformat.read(partial, as_version=4)
         metrics, headline = metrics_from_notebook(executed), headlines_from_notebook(executed)
+        seconds = time.perf_counter() - start
+        executed.metadata[RUN_METADATA] = {"key": key, "seconds": round(seconds, 1),
+                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        nbformat.write(executed, partial)
         os.replace(partial, out)
         shutil.rmtree(figures, ignore_errors=True)
         if figures_partial.exists():
             os.replace(figures_partial, figures)
-        return NotebookResult(_relative(path), "ok", time.perf_counter() - start,
-                              _relative(out), metrics, headline=headline,
+        return NotebookResult(_relative(path), "ok", seconds, _relative(out), metrics,
+                              headline=headline,
                               overrides=parameters["overrides"])
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the run goes on
         for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
@@ -190,9 +280,18 @@ def write_summary(results: list[NotebookResult], profile: str,
     info = payload["last_run"]
     bound = (f"; with their thread counts no schedule on {info['jobs']} thread(s) could take "
              f"under {info['bound_seconds']:.0f} s" if "bound_seconds" in info else "")
-    run_line = (f" Last run: {info['notebooks']} notebook(s) in {info['wall_seconds']:.0f} s wall"
-                f" (notebook times add up to {info['notebook_seconds']:.0f} s{bound}; CPU "
-                f"budget {info['jobs']} thread(s))." if info else "")
+    kept = (f"; {info['kept']} report(s) of earlier runs with the same key kept (`--resume`)"
+            if info.get("kept") else "")
+    if info.get("in_progress"):
+        run_line = (f" A run in progress (or stopped without finishing) has done "
+                    f"{info['notebooks']} of {info['planned']} notebook(s) after "
+                    f"{info['wall_seconds']:.0f} s wall{kept}.")
+    elif info:
+        run_line = (f" Last run: {info['notebooks']} notebook(s) in {info['wall_seconds']:.0f} s"
+                    f" wall (notebook times add up to {info['notebook_seconds']:.0f} s{bound}; "
+                    f"CPU budget {info['jobs']} thread(s){kept}).")
+    else:
+        run_line = ""
     lines = [f"# Run summary: profile `{profile}`", "",
              f"Updated {payload['updated']}.{run_line}", "",
              "± : seed-to-seed standard deviation of the headline metric (measured by "
@@ -206,7 +305,8 @@ def write_summary(results: list[NotebookResult], profile: str,
             shown += f" (overrides: {_fmt_overrides(r['overrides'])})"
         if r["status"] != "ok":
             shown = f"**{r['error']}**"
-        lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {shown} |")
+        status = f"{r['status']}, kept from {r['kept']}" if r.get("kept") else r["status"]
+        lines.append(f"| {r['notebook']} | {status} | {r['seconds']:.1f} | {shown} |")
     atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")
     return summary_json
 
@@ -387,9 +487,12 @@ def _interrupt(workers: list[_Worker], profile: str, root: Path, report_root: Pa
 
 
 def run_many(paths: list[Path], args: argparse.Namespace, budget: int, root: Path,
-             report_root: Path) -> tuple[list[NotebookResult], bool]:
+             report_root: Path,
+             on_result: Callable[[list[NotebookResult]], None] | None = None,
+             ) -> tuple[list[NotebookResult], bool]:
     """Run notebooks in worker processes within a CPU ``budget``; return the results and
-    whether the run was interrupted (Ctrl-C / SIGTERM)."""
+    whether the run was interrupted (Ctrl-C / SIGTERM). ``on_result`` is called with the
+    results so far each time a notebook finishes."""
     seconds = previous_seconds(args.profile, report_root)
     pending = [(p, thread_demand(p, args.profile, budget))
                for p in schedule_order(paths, seconds)]
@@ -415,6 +518,8 @@ def run_many(paths: list[Path], args: argparse.Namespace, budget: int, root: Pat
                     note = f"  {result.error}" if result.error else ""
                     print(f"{result.status:6} {result.seconds:7.1f}s  {result.notebook}{note}",
                           flush=True)
+                    if on_result is not None:
+                        on_result(results)
         except KeyboardInterrupt:
             stopped = _interrupt(running, args.profile, root, report_root)
             for result in stopped:
@@ -468,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default auto: every core; 1: one notebook at a time)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one profile value (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep every report made with the same key (notebook, config, "
+                             "helpers sources, DATA_DIR, machine, seed, device, overrides) "
+                             "and run only the others")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # result file of one worker
     parser.add_argument("--notebook-root", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--report-root", default=None, help=argparse.SUPPRESS)
@@ -486,20 +595,37 @@ def main(argv: list[str] | None = None) -> int:
     if missing or not paths:
         parser.error(f"no such notebook: {', '.join(missing)}" if missing else
                      f"no notebook matches {args.only!r}")
-    _parse_set(args.overrides)  # refuse a malformed --set before anything runs
+    overrides = _parse_set(args.overrides)  # refuse a malformed --set before anything runs
+    kept = [result for p in paths if args.resume and (result := kept_result(
+        p, args.profile, args.seed, args.device, overrides, root, report_root)) is not None]
+    to_run = [p for p in paths if _relative(p) not in {r.notebook for r in kept}]
+    if args.resume:
+        print(f"--resume: {len(kept)} of {len(paths)} report(s) made earlier with the same key "
+              f"kept, {len(to_run)} to run", flush=True)
     start = time.perf_counter()
-    results, interrupted = run_many(paths, args, args.jobs, root, report_root)
-    run_info = {"notebooks": len(results), "wall_seconds": round(time.perf_counter() - start, 1),
+
+    def run_info(results: list[NotebookResult], **state: bool) -> dict[str, Any]:
+        return {"notebooks": len(results), "planned": len(to_run), "kept": len(kept),
+                "wall_seconds": round(time.perf_counter() - start, 1),
                 "notebook_seconds": round(sum(r.seconds for r in results), 1),
                 "bound_seconds": round(wall_bound(results, args.jobs), 1),
-                "jobs": args.jobs, "interrupted": interrupted}
-    summary = write_summary(results, args.profile, report_root, run_info)
+                "jobs": args.jobs, **state}
+
+    def progress_summary(results: list[NotebookResult]) -> None:
+        write_summary(kept + results, args.profile, report_root,
+                      run_info(results, in_progress=True))
+
+    results, interrupted = run_many(to_run, args, args.jobs, root, report_root,
+                                    on_result=progress_summary)
+    info = run_info(results, interrupted=interrupted)
+    summary = write_summary(kept + results, args.profile, report_root, info)
     failed = [r for r in results if r.status != "ok"]
     print(f"{len(results) - len(failed)}/{len(results)} notebooks ok in "
-          f"{run_info['wall_seconds']:.0f} s wall (notebook times add up to "
-          f"{run_info['notebook_seconds']:.0f} s; no schedule could take under "
-          f"{run_info['bound_seconds']:.0f} s); summary: "
-          f"{_relative(summary.with_suffix('.md'))}")
+          f"{info['wall_seconds']:.0f} s wall (notebook times add up to "
+          f"{info['notebook_seconds']:.0f} s; no schedule could take under "
+          f"{info['bound_seconds']:.0f} s)"
+          + (f", {len(kept)} kept from earlier runs" if kept else "")
+          + f"; summary: {_relative(summary.with_suffix('.md'))}")
     if interrupted:
         print("interrupted: the running notebooks were stopped; other rows kept")
         return 130

@@ -17,14 +17,12 @@ import argparse
 import datetime
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from helpers.nb import atomic_write_text
 from helpers.nb.profiles import check_profile, config_path
@@ -162,42 +160,17 @@ def write_spread(notebook: str | Path, spread: SeedSpread) -> Path:
     return path
 
 
-def _machine() -> dict[str, Any]:
-    """What makes one seed's numbers differ between machines: the CPU model, whether its
-    bfloat16 is fast (the ``bf16`` switches fall back to float32 where it is not), the GPU,
-    PyTorch's version."""
-    import platform
-
-    import torch
-
-    from helpers.training import bf16_is_fast
-
-    cpuinfo = Path("/proc/cpuinfo")
-    models = ([line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-               if line.startswith("model name")] if cpuinfo.exists() else [])
-    return {"cpu": models[0] if models else platform.processor(),
-            "cpu_bf16_fast": bf16_is_fast(torch.device("cpu")),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__}
-
-
 def seed_run_path(notebook: Path, profile: str, seed: int) -> Path:
     """Where one finished seed's headline metrics are kept (the shared cache, ``seed-runs``),
     named by a key of everything its numbers depend on: the notebook, its TOML's values (not
     the ``[seed_spread]`` table), every ``helpers`` source file, ``DATA_DIR``, the machine. A
     killed ``make seeds`` therefore resumes at the first seed it had not finished, and any
     change starts afresh."""
-    from helpers.nb import PROJECT_ROOT
-    from helpers.nb.cache import cache_dir, cache_key, file_fingerprint
+    from helpers.nb.cache import cache_dir
+    from helpers.nb.run import run_key
 
-    path = config_path(notebook)
-    config = tomllib.loads(path.read_text()) if path.exists() else {}
-    config.pop(SECTION, None)  # its values, not its comments or the spread table
-    sources = [file_fingerprint(f) | {"file": str(f.relative_to(PROJECT_ROOT))}
-               for f in sorted((PROJECT_ROOT / "helpers").rglob("*.py"))]
     name = f"{notebook.parent.name}-{notebook.stem}"
-    key = cache_key(name, profile, seed, file_fingerprint(notebook)["sha256"], config, sources,
-                    os.environ.get("DATA_DIR"), _machine())
+    key = run_key(notebook, profile, seed)
     return cache_dir("seed-runs") / f"{name}-{profile}-seed{seed}-{key}.json"
 
 
