@@ -286,6 +286,9 @@ def write_summary(results: list[NotebookResult], profile: str,
         run_line = (f" A run in progress (or stopped without finishing) has done "
                     f"{info['notebooks']} of {info['planned']} notebook(s) after "
                     f"{info['wall_seconds']:.0f} s wall{kept}.")
+    elif info and not info["notebooks"] and info.get("kept"):
+        run_line = (f" Last run (`--resume`): the {info['kept']} report(s) made earlier with the "
+                    "same key were kept; nothing ran.")
     elif info:
         run_line = (f" Last run: {info['notebooks']} notebook(s) in {info['wall_seconds']:.0f} s"
                     f" wall (notebook times add up to {info['notebook_seconds']:.0f} s{bound}; "
@@ -615,11 +618,14 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(kept + results, args.profile, report_root,
                       run_info(results, in_progress=True))
 
-    results, interrupted = run_many(to_run, args, args.jobs, root, report_root,
-                                    on_result=progress_summary)
+    results, interrupted = (run_many(to_run, args, args.jobs, root, report_root,
+                                     on_result=progress_summary) if to_run else ([], False))
     info = run_info(results, interrupted=interrupted)
     summary = write_summary(kept + results, args.profile, report_root, info)
     failed = [r for r in results if r.status != "ok"]
+    if not to_run:
+        print(f"nothing to run; summary: {_relative(summary.with_suffix('.md'))}")
+        return 0
     print(f"{len(results) - len(failed)}/{len(results)} notebooks ok in "
           f"{info['wall_seconds']:.0f} s wall (notebook times add up to "
           f"{info['notebook_seconds']:.0f} s; no schedule could take under "
