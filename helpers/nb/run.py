@@ -187,14 +187,15 @@ def kept_result(path: Path, profile: str = "small", seed: int = 0, device: str =
     try:
         executed = nbformat.read(out, as_version=4)
         made = executed.metadata[RUN_METADATA]
-    except (OSError, ValueError, KeyError, AttributeError):
+        key, seconds, finished = made["key"], float(made["seconds"]), str(made["finished"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if made.get("key") != report_key(path, profile, seed, device, overrides):
+    if key != report_key(path, profile, seed, device, overrides):
         return None
-    return NotebookResult(_relative(path), "ok", float(made["seconds"]), _relative(out),
+    return NotebookResult(_relative(path), "ok", seconds, _relative(out),
                           metrics_from_notebook(executed),
                           headline=headlines_from_notebook(executed), overrides=overrides,
-                          kept=made["finished"])
+                          kept=finished)
 
 
 def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str = "auto",
