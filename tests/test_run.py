@@ -309,7 +309,8 @@ def test_a_killed_runner_leaves_its_finished_rows_and_resume_goes_on(tmp_path):
     runner = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     summary, deadline = reports / "smoke" / "summary.json", time.time() + 180
-    while not summary.exists():  # written when the quick notebook finishes
+    partial = reports / "smoke" / "hw" / ".slow.partial.ipynb"
+    while not (summary.exists() and partial.exists()):  # the quick one finished, slow started
         assert runner.poll() is None and time.time() < deadline, runner.stdout.read()
         time.sleep(0.5)
     family = psutil.Process(runner.pid).children(recursive=True) + [psutil.Process(runner.pid)]
@@ -333,3 +334,25 @@ def test_a_killed_runner_leaves_its_finished_rows_and_resume_goes_on(tmp_path):
     assert [(r["status"], r["kept"] is not None) for r in rows["notebooks"]] == [
         ("ok", True), ("ok", False)]
     assert "in_progress" not in rows["last_run"] and rows["last_run"]["kept"] == 1
+    assert not [p for p in reports.rglob("*") if ".partial" in p.name]
+
+
+def test_a_worker_killed_outright_fails_its_notebook_and_leaves_nothing_half_written(
+        tmp_path, monkeypatch):
+    root, reports = tmp_path / "notebooks", tmp_path / "reports"
+    # the kernel kills its worker (as the kernel's OOM killer would) after papermill wrote the
+    # partial report, then exits
+    _notebook(root / "hw" / "doomed.ipynb", "import os, signal, time\ntime.sleep(2)\n"
+              "os.kill(os.getppid(), signal.SIGKILL)\nos._exit(0)")
+    stale = reports / "smoke" / "hw" / "doomed.ipynb"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")  # a report from an earlier, successful run
+    (reports / "smoke" / "hw" / "doomed_figures").mkdir()
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", root)
+    monkeypatch.setattr(run, "REPORT_DIR", reports)
+    assert run.main(["--profile", "smoke"]) == 1
+    row = json.loads((reports / "smoke" / "summary.json").read_text())["notebooks"][0]
+    assert row["status"] == "failed" and row["error"] == "worker killed by signal 9 (SIGKILL)"
+    assert row["seconds"] > 2
+    assert sorted(p.name for p in (reports / "smoke").rglob("*")) == ["hw", "summary.json",
+                                                                      "summary.md"]

@@ -116,6 +116,28 @@ def report_path(path: Path, profile: str, root: Path = NOTEBOOK_DIR,
     return report_root / profile / path.resolve().relative_to(root.resolve())
 
 
+def _partials(out: Path) -> tuple[Path, Path]:
+    """The partial report and figure folder a run of report ``out`` writes before it renames
+    them into place."""
+    return (out.with_name(f".{out.stem}.partial.ipynb"),
+            out.with_name(f".{out.stem}_figures.partial"))
+
+
+def discard_unfinished(path: Path, profile: str, root: Path = NOTEBOOK_DIR,
+                       report_root: Path = REPORT_DIR, *, report: bool = False) -> None:
+    """Remove what an unfinished run of ``path`` left: its partial report and figure folder,
+    and with ``report`` also the older report, its HTML/PDF and figures (they would contradict
+    a summary row that says the notebook failed)."""
+    out = report_path(path, profile, root, report_root)
+    partial, figures_partial = _partials(out)
+    partial.unlink(missing_ok=True)
+    shutil.rmtree(figures_partial, ignore_errors=True)
+    if report:
+        for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(out.with_name(f"{out.stem}_figures"), ignore_errors=True)
+
+
 def _error_text(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "PapermillExecutionError":
@@ -210,10 +232,9 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
                   "overrides": dict(overrides or {})}
     out = report_path(path, profile, root, report_root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial.ipynb")
-    figures, figures_partial = (out.with_name(f"{out.stem}_figures"),
-                                out.with_name(f".{out.stem}_figures.partial"))
-    shutil.rmtree(figures_partial, ignore_errors=True)
+    partial, figures_partial = _partials(out)
+    figures = out.with_name(f"{out.stem}_figures")
+    discard_unfinished(path, profile, root, report_root)
     start = time.perf_counter()
     saved_env = {k: os.environ.get(k)
                  for k in (HEADLESS_ENV, NOTEBOOK_ENV, FIGURE_DIR_ENV, "MPLBACKEND")}
@@ -241,17 +262,14 @@ def run_notebook(path: Path, profile: str = "small", seed: int = 0, device: str 
                               headline=headline,
                               overrides=parameters["overrides"])
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the run goes on
-        for stale in (out, out.with_suffix(".html"), out.with_suffix(".pdf")):
-            stale.unlink(missing_ok=True)  # an older report would contradict the summary
-        shutil.rmtree(figures, ignore_errors=True)
+        discard_unfinished(path, profile, root, report_root, report=True)
         if isinstance(exc, KeyboardInterrupt):
             return NotebookResult(_relative(path), "interrupted", time.perf_counter() - start,
                                   error="interrupted", overrides=parameters["overrides"])
         return NotebookResult(_relative(path), "failed", time.perf_counter() - start,
                               error=_error_text(exc), overrides=parameters["overrides"])
     finally:
-        partial.unlink(missing_ok=True)
-        shutil.rmtree(figures_partial, ignore_errors=True)
+        discard_unfinished(path, profile, root, report_root)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -428,6 +446,7 @@ class _Worker:
     process: subprocess.Popen
     result_file: Path
     log_file: Path
+    started: float = field(default_factory=time.perf_counter)
 
 
 def _start_worker(path: Path, args: argparse.Namespace, threads: int, tmp: Path,
@@ -444,14 +463,21 @@ def _start_worker(path: Path, args: argparse.Namespace, threads: int, tmp: Path,
     return _Worker(path, threads, process, result_file, log_file)
 
 
-def _collect(worker: _Worker) -> NotebookResult:
+def _collect(worker: _Worker, profile: str, root: Path, report_root: Path) -> NotebookResult:
+    """The worker's result; when it died without one (killed, out of memory), a ``failed``
+    result, and what its run left half-written is removed with the older report."""
     if worker.result_file.exists():
         result = NotebookResult(**json.loads(worker.result_file.read_text()))
     else:
-        tail = worker.log_file.read_text(errors="replace").strip().splitlines()[-3:]
-        result = NotebookResult(_relative(worker.path), "failed", 0.0,
-                                error=f"worker exited with {worker.process.returncode}: "
-                                      + " | ".join(tail))
+        discard_unfinished(worker.path, profile, root, report_root, report=True)
+        code = worker.process.returncode
+        if code is not None and code < 0:
+            error = f"worker killed by signal {-code} ({signal.Signals(-code).name})"
+        else:
+            tail = worker.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+            error = f"worker exited with {code}: " + " | ".join(tail)
+        result = NotebookResult(_relative(worker.path), "failed",
+                                time.perf_counter() - worker.started, error=error)
     result.threads = worker.threads
     return result
 
@@ -479,10 +505,8 @@ def _interrupt(workers: list[_Worker], profile: str, root: Path, report_root: Pa
         with contextlib.suppress(subprocess.TimeoutExpired):
             w.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         _kill_tree(w.process.pid)
-        out = report_path(w.path, profile, root, report_root)
-        out.with_name(f".{out.stem}.partial.ipynb").unlink(missing_ok=True)
-        shutil.rmtree(out.with_name(f".{out.stem}_figures.partial"), ignore_errors=True)
-        result = _collect(w)
+        discard_unfinished(w.path, profile, root, report_root)
+        result = _collect(w, profile, root, report_root)
         if result.status != "ok":
             result = NotebookResult(_relative(w.path), "interrupted", result.seconds,
                                     error="interrupted")
@@ -516,7 +540,7 @@ def run_many(paths: list[Path], args: argparse.Namespace, budget: int, root: Pat
                 time.sleep(0.2)
                 for w in [w for w in running if w.process.poll() is not None]:
                     running.remove(w)
-                    result = _collect(w)
+                    result = _collect(w, args.profile, root, report_root)
                     results.append(result)
                     next(bar, None)
                     note = f"  {result.error}" if result.error else ""
@@ -600,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such notebook: {', '.join(missing)}" if missing else
                      f"no notebook matches {args.only!r}")
     overrides = _parse_set(args.overrides)  # refuse a malformed --set before anything runs
+    for path in paths:  # what a runner killed outright (kill -9) left half-written
+        discard_unfinished(path, args.profile, root, report_root)
     kept = [result for p in paths if args.resume and (result := kept_result(
         p, args.profile, args.seed, args.device, overrides, root, report_root)) is not None]
     to_run = [p for p in paths if _relative(p) not in {r.notebook for r in kept}]
