@@ -102,6 +102,9 @@ def test_main_rejects_bad_arguments(tree, monkeypatch):
         run.main(["--only", "nothing-matches-*"])
     with pytest.raises(SystemExit):
         run.main(["--set", "novalue"])
+    elsewhere = _notebook(root.parent / "elsewhere" / "x.ipynb", "x = 1")
+    with pytest.raises(SystemExit):
+        run.main(["--profile", "smoke", str(elsewhere)])
 
 
 def test_schedule_is_longest_first_and_respects_thread_demand(tmp_path):

@@ -623,6 +623,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing or not paths:
         parser.error(f"no such notebook: {', '.join(missing)}" if missing else
                      f"no notebook matches {args.only!r}")
+    outside = [str(p) for p in paths if not p.is_relative_to(root.resolve())]
+    if outside:
+        parser.error(f"not under {_relative(root)}/ (reports mirror its folders): "
+                     + ", ".join(outside))
     overrides = _parse_set(args.overrides)  # refuse a malformed --set before anything runs
     for path in paths:  # what a runner killed outright (kill -9) left half-written
         discard_unfinished(path, args.profile, root, report_root)
